@@ -805,7 +805,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def report_from_run_dir(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None,
-                        title: str | None = None, top_n: int = 24) -> Path:
+                        title: str | None = None, top_n: int = 24,
+                        training_smiles: list[str] | None = None) -> Path:
     """Build ``report.html`` in a run folder from the standard files it holds.
 
     Looks for (each optional, see :data:`RUN_FILES`): ``config.json`` or ``resolved.toml``,
@@ -814,6 +815,8 @@ def report_from_run_dir(run_dir: str | os.PathLike, out_path: str | os.PathLike 
     ``optimize/molecules.csv``, ``optimize/summary.json``, and ``latent.npz`` with arrays
     ``coords`` (n, 2), ``values`` (n,), optional ``labels`` (n,) of str and a 0-d ``property``.
     ``summary.json`` may name a multi-objective run's objectives under ``objectives``.
+    ``training_smiles`` is the reference set for property distributions when the run
+    folder has no prepared data (e.g. a run that used the shipped model).
     """
     run = Path(run_dir)
     if not run.is_dir():
@@ -842,8 +845,7 @@ def report_from_run_dir(run_dir: str | os.PathLike, out_path: str | os.PathLike 
         if len(names) >= 2 and all(isinstance(n, str) for n in names):
             objectives = names
 
-    training_smiles = None
-    if (p := found["training_smiles"]) is not None:
+    if training_smiles is None and (p := found["training_smiles"]) is not None:
         table = _read_csv(p)
         if "smiles" in table.columns:
             if "split" in table.columns:

@@ -1,0 +1,548 @@
+"""TOML pipelines: validate a run file, then run its stages into a resumable run folder.
+
+A pipeline names the stages it runs as TOML sections — ``[data]``, ``[train]``,
+``[evaluate]``, ``[sample]``, ``[optimize]``, ``[report]`` — and ``pipelines/reference.toml``
+documents every key with its default. Everything is validated before anything runs: an
+unknown or misspelt key, a wrong type, a missing file or a bad SMILES is an error naming the
+file, the section and the key.
+
+The run folder (``runs/<name>/`` unless ``run_dir`` is set) holds ``config.json`` (the
+resolved config, defaults filled in), ``run.log``, ``provenance.json`` (versions of molvae, torch,
+RDKit, CUDA and the device), one sub-folder per stage, and ``report.html``. A stage that
+finished writes ``<stage>/DONE``; re-running skips it. An interrupted stage resumes: training
+from its last checkpoint, optimization from its study and molecules table. ``force=True``
+redoes every stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import MolvaeError
+
+log = logging.getLogger("molvae.pipeline")
+
+STAGES = ("data", "train", "evaluate", "sample", "optimize", "report")
+
+
+# ---------------------------------------------------------------------------- schema
+# One dataclass per section; field defaults are the documented defaults (reference.toml
+# repeats them with comments). ``None`` means "not set" / "derive it".
+
+
+@dataclass
+class DataSection:
+    input: str = "bundled"              # SMILES file; "bundled" (100k MOSES sample); "moses" (full 1.58M)
+    smiles_column: str | None = None
+    valid_fraction: float = 0.05
+    max_len: int | None = None          # SELFIES tokens; default 100
+    keep_stereo: bool = True
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    latent_dim: int | None = None       # None: the default architecture's
+    beta: float | None = None           # final KL weight; None: the default
+    max_train_molecules: int | None = None
+    patience: int = 3
+
+
+@dataclass
+class EvaluateSection:
+    n_samples: int = 30000
+    reconstruction_molecules: int = 1000
+    temperature: float = 1.0
+
+
+@dataclass
+class SampleSection:
+    n: int = 1000
+    temperature: float = 1.0
+    greedy: bool = False
+
+
+@dataclass
+class OptimizeSection:
+    objective: Any = "drug_like"        # preset name, path to an objective TOML, or an inline table
+    objectives: Any = None              # several objectives (a table of name = objective) -> Pareto front
+    budget: int = 1000
+    sampler: str | None = None          # None: the benchmark winner (see molvae.optimize)
+    batch_size: int | None = None
+    start: Any = None                   # SMILES list or a file of SMILES to warm-start from
+    lead: str | None = None
+    min_similarity: float | None = None
+    scaffold: str | None = None         # SMARTS the optimized molecules must contain
+    time_limit: float | None = None     # seconds
+    compare_prior: bool = True          # also score the same budget of prior samples
+
+
+@dataclass
+class ReportSection:
+    top_n: int = 24
+    latent_molecules: int = 2000
+    latent_property: str = "qed"
+
+
+@dataclass
+class Pipeline:
+    name: str
+    path: Path
+    run_dir: Path
+    seed: int = 0
+    device: str = "auto"
+    model: str | None = None            # model folder; None: the shipped default (or [train]'s)
+    data: DataSection | None = None
+    train: TrainSection | None = None
+    evaluate: EvaluateSection | None = None
+    sample: SampleSection | None = None
+    optimize: OptimizeSection | None = None
+    report: ReportSection | None = None
+
+    def stages(self) -> list[str]:
+        return [s for s in STAGES if getattr(self, s) is not None]
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "path": str(self.path), "run_dir": str(self.run_dir), "seed": self.seed,
+             "device": self.device, "model": self.model}
+        for s in STAGES:
+            sec = getattr(self, s)
+            if sec is not None:
+                d[s] = dataclasses.asdict(sec)
+        return d
+
+
+SECTIONS = {"data": DataSection, "train": TrainSection, "evaluate": EvaluateSection,
+            "sample": SampleSection, "optimize": OptimizeSection, "report": ReportSection}
+TOP_KEYS = {"name": str, "run_dir": str, "seed": int, "device": str, "model": str}
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    kinds = [a.strip() for a in str(annotation).split("|")]
+    for k in kinds:
+        if k == "None" and value is None:
+            return True
+        if k == "Any":
+            return True
+        if k == "bool" and isinstance(value, bool):
+            return True
+        if k == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if k == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if k == "str" and isinstance(value, str):
+            return True
+        if k == "list" and isinstance(value, list):
+            return True
+    return False
+
+
+def _section(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise MolvaeError(f"{where}: must be a table ([section]), got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise MolvaeError(f"{where}: unknown key '{key}'{_suggest(key, known)}; "
+                              f"valid keys: {', '.join(known)}")
+        if not _type_ok(value, known[key].type):
+            raise MolvaeError(f"{where}.{key}: expected {known[key].type}, got {value!r}")
+        kwargs[key] = float(value) if known[key].type.startswith("float") and isinstance(value, int) else value
+    return cls(**kwargs)
+
+
+def load_pipeline(path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Pipeline:
+    """Read and validate a pipeline TOML file; raise MolvaeError naming file, section and key."""
+    path = Path(path)
+    if not path.exists():
+        raise MolvaeError(f"{path}: pipeline file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise MolvaeError(f"{path}: not valid TOML ({exc})") from None
+    where = str(path)
+    for key, value in raw.items():
+        if key in SECTIONS:
+            continue
+        if key not in TOP_KEYS:
+            raise MolvaeError(f"{where}: unknown key or section '{key}'"
+                              f"{_suggest(key, list(TOP_KEYS) + list(SECTIONS))}")
+        if not isinstance(value, TOP_KEYS[key]) or isinstance(value, bool) and TOP_KEYS[key] is int:
+            raise MolvaeError(f"{where}: '{key}' must be {TOP_KEYS[key].__name__}, got {value!r}")
+    name = raw.get("name", path.stem)
+    base = path.parent
+    pipe = Pipeline(name=name, path=path,
+                    run_dir=Path(run_dir or raw.get("run_dir") or Path("runs") / name),
+                    seed=raw.get("seed", 0), device=raw.get("device", "auto"), model=raw.get("model"))
+    for sec, cls in SECTIONS.items():
+        if sec in raw:
+            setattr(pipe, sec, _section(cls, raw[sec], f"{where} [{sec}]"))
+    if not pipe.stages():
+        raise MolvaeError(f"{where}: no stage to run; add at least one of {', '.join('[' + s + ']' for s in STAGES)}")
+    _check(pipe, base, where)
+    return pipe
+
+
+def _resolve_file(value: str, base: Path) -> Path:
+    p = Path(value)
+    if p.is_absolute() or p.exists():
+        return p
+    return base / p if (base / p).exists() else p
+
+
+def _check(pipe: Pipeline, base: Path, where: str) -> None:
+    """Checks that need the file system or RDKit, done before any stage runs."""
+    from . import chem
+    from .scoring import as_multi_objective, as_objective
+
+    if pipe.model is not None:
+        m = _resolve_file(pipe.model, base)
+        if pipe.model != "default" and not m.exists():
+            raise MolvaeError(f"{where}: model: folder '{pipe.model}' not found")
+        pipe.model = None if pipe.model == "default" else str(m)
+    if pipe.data is not None and pipe.data.input not in ("bundled", "moses"):
+        p = _resolve_file(pipe.data.input, base)
+        if not p.exists():
+            raise MolvaeError(f"{where} [data] input: file '{pipe.data.input}' not found")
+        pipe.data.input = str(p)
+    if pipe.train is not None and pipe.data is None:
+        raise MolvaeError(f"{where} [train]: needs a [data] section to train on")
+    if pipe.train is not None and pipe.model is not None:
+        raise MolvaeError(f"{where}: 'model' and [train] both set; a trained pipeline uses its own model")
+    for key in ("epochs", "batch_size"):
+        if pipe.train is not None and getattr(pipe.train, key) < 1:
+            raise MolvaeError(f"{where} [train] {key}: must be >= 1")
+    for sec, key in (("evaluate", "n_samples"), ("sample", "n"), ("optimize", "budget")):
+        s = getattr(pipe, sec)
+        if s is not None and getattr(s, key) < 1:
+            raise MolvaeError(f"{where} [{sec}] {key}: must be >= 1")
+    opt = pipe.optimize
+    if opt is not None:
+        try:
+            if opt.objectives:
+                as_multi_objective(opt.objectives, base_dir=base, source=f"{where} [optimize] objectives")
+            else:
+                as_objective(opt.objective, base_dir=base, source=f"{where} [optimize] objective")
+        except MolvaeError as exc:
+            msg = str(exc)
+            raise MolvaeError(msg if str(where) in msg else f"{where} [optimize] objective: {msg}") from None
+        if opt.lead is not None and chem.standardize(opt.lead)[0] is None:
+            raise MolvaeError(f"{where} [optimize] lead: '{opt.lead}' is not a valid SMILES")
+        if opt.scaffold is not None:
+            from rdkit import Chem
+            if Chem.MolFromSmarts(opt.scaffold) is None:
+                raise MolvaeError(f"{where} [optimize] scaffold: '{opt.scaffold}' is not a valid SMARTS")
+        if isinstance(opt.start, list):
+            for i, s in enumerate(opt.start):
+                if not isinstance(s, str) or chem.standardize(s)[0] is None:
+                    raise MolvaeError(f"{where} [optimize] start[{i}]: '{s}' is not a valid SMILES")
+        elif isinstance(opt.start, str):
+            p = _resolve_file(opt.start, base)
+            if p.exists():
+                opt.start = str(p)
+            elif chem.standardize(opt.start)[0] is None:
+                raise MolvaeError(f"{where} [optimize] start: '{opt.start}' is neither a file nor a valid SMILES")
+        elif opt.start is not None:
+            raise MolvaeError(f"{where} [optimize] start: expected a SMILES, a list of SMILES or a file")
+        if isinstance(opt.objective, str) and (base / opt.objective).exists():
+            opt.objective = str(base / opt.objective)
+        if opt.min_similarity is not None and not 0 <= opt.min_similarity <= 1:
+            raise MolvaeError(f"{where} [optimize] min_similarity: must be in [0, 1]")
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def provenance(device: str = "auto") -> dict:
+    """Versions and hardware, recorded at the start of every run."""
+    import rdkit
+    import torch
+
+    from . import __version__
+    from .model import resolve_device
+
+    dev = resolve_device(device)
+    return {
+        "molvae": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "rdkit": rdkit.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "platform": platform.platform(), "cpus": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _done(stage_dir: Path) -> bool:
+    return (stage_dir / "DONE").exists()
+
+
+def _mark_done(stage_dir: Path, info: dict) -> None:
+    tmp = stage_dir / "DONE.tmp"
+    tmp.write_text(json.dumps(info, indent=1, default=str))
+    os.replace(tmp, stage_dir / "DONE")
+
+
+@dataclass
+class RunResult:
+    name: str
+    path: str
+    status: str                      # "ok", "failed", "invalid"
+    seconds: float = 0.0
+    error: str = ""
+    run_dir: str = ""
+    stages: list = field(default_factory=list)
+
+
+def run_pipeline(pipe: Pipeline, force: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) every stage of a validated pipeline; returns a dict of results."""
+    run = pipe.run_dir
+    if force and run.exists():
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("molvae")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        (run / "config.json").write_text(json.dumps(pipe.to_dict(), indent=1, default=str))
+        prov = provenance(pipe.device)
+        (run / "provenance.json").write_text(json.dumps(prov, indent=1))
+        log.info("pipeline %s (%s) -> %s on %s", pipe.name, pipe.path, run, prov["device"])
+        results: dict[str, Any] = {}
+        ran = []
+        for stage in pipe.stages():
+            d = run / stage
+            d.mkdir(exist_ok=True)
+            if _done(d):
+                log.info("[%s] already complete, skipping (use --force to redo)", stage)
+                results[stage] = json.loads((d / "DONE").read_text())
+                continue
+            log.info("[%s] running", stage)
+            t0 = time.perf_counter()
+            info = STAGE_FUNCS[stage](pipe, d, results, progress) or {}
+            info["seconds"] = round(time.perf_counter() - t0, 2)
+            _mark_done(d, info)
+            results[stage] = info
+            ran.append(stage)
+            log.info("[%s] done in %.1f s", stage, info["seconds"])
+        return results
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _model_path(pipe: Pipeline) -> str | None:
+    if pipe.train is not None:
+        return str(pipe.run_dir / "train")
+    return pipe.model
+
+
+def _stage_data(pipe: Pipeline, d: Path, results: dict, progress: bool) -> dict:
+    from .data import BUNDLED, prepare
+
+    sec = pipe.data
+    if sec.input == "moses":
+        from .data import fetch_moses
+        src = fetch_moses()["train"]
+    else:
+        src = BUNDLED["train"] if sec.input == "bundled" else Path(sec.input)
+    prepared = prepare(src, d, seed=pipe.seed, valid_fraction=sec.valid_fraction, max_len=sec.max_len,
+                       keep_stereo=sec.keep_stereo, smiles_column=sec.smiles_column, progress=progress)
+    s = prepared.summary
+    log.info("[data] rows in %d = kept %d + duplicates %d + rejected %d", s["rows_in"], s["kept"],
+             s["duplicates"], s["rejected"])
+    return {k: s[k] for k in ("rows_in", "kept", "duplicates", "rejected", "train", "valid")}
+
+
+def _stage_train(pipe: Pipeline, d: Path, results: dict, progress: bool) -> dict:
+    from .train import TrainConfig, train
+
+    sec = pipe.train
+    overrides = {}
+    if sec.latent_dim is not None:
+        overrides["latent_dim"] = sec.latent_dim
+    if sec.beta is not None:
+        overrides["beta_max"] = sec.beta
+    cfg = TrainConfig(epochs=sec.epochs, batch_size=sec.batch_size, lr=sec.lr, seed=pipe.seed,
+                      device=pipe.device, patience=sec.patience,
+                      max_train_molecules=sec.max_train_molecules, model=overrides)
+    resume = (d / "checkpoint").exists() or any(d.glob("checkpoint*"))
+    summary = train(pipe.run_dir / "data", d, cfg, resume=resume)
+    return {"model": str(d), "resumed": resume, **{k: v for k, v in dict(summary).items()
+                                                   if isinstance(v, (int, float, str))}}
+
+
+def _stage_evaluate(pipe: Pipeline, d: Path, results: dict, progress: bool) -> dict:
+    from .evaluate import evaluate_model
+    from .model import load_model
+
+    sec = pipe.evaluate
+    model = load_model(_model_path(pipe), device=pipe.device)
+    train_smiles = _training_smiles(pipe)
+    metrics = evaluate_model(model, n_samples=sec.n_samples, train=train_smiles, seed=pipe.seed,
+                             temperature=sec.temperature, reconstruction_molecules=sec.reconstruction_molecules,
+                             out_dir=d)
+    return {"metrics": str(d / "metrics.json"), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+def _training_smiles(pipe: Pipeline) -> list[str]:
+    from .data import bundled, load_prepared
+
+    if pipe.data is not None:
+        return load_prepared(pipe.run_dir / "data").train_smiles
+    return bundled("train")
+
+
+def _stage_sample(pipe: Pipeline, d: Path, results: dict, progress: bool) -> dict:
+    from .generate import sample
+    from .model import load_model
+
+    sec = pipe.sample
+    model = load_model(_model_path(pipe), device=pipe.device)
+    table = sample(model, sec.n, greedy=sec.greedy, temperature=sec.temperature, seed=pipe.seed,
+                   training=set(_training_smiles(pipe)), progress=progress)
+    table.to_csv(d / "samples.csv.tmp", index=False)
+    os.replace(d / "samples.csv.tmp", d / "samples.csv")
+    valid = int(table["valid"].sum())
+    return {"samples": str(d / "samples.csv"), "n": len(table), "valid": valid / len(table),
+            "unique": int(table["unique"].sum()) / max(valid, 1)}
+
+
+def _stage_optimize(pipe: Pipeline, d: Path, results: dict, progress: bool) -> dict:
+    from .model import load_model
+    from .optimize import optimize, sample_prior_baseline
+    from .scoring import as_multi_objective, as_objective
+
+    sec = pipe.optimize
+    base = pipe.path.parent
+    model = load_model(_model_path(pipe), device=pipe.device)
+    objective = (as_multi_objective(sec.objectives, base_dir=base) if sec.objectives
+                 else as_objective(sec.objective, base_dir=base))
+    kwargs = dict(budget=sec.budget, seed=pipe.seed, out_dir=d, start=sec.start, lead=sec.lead,
+                  similarity_threshold=sec.min_similarity, scaffold=sec.scaffold,
+                  time_limit=sec.time_limit, progress=progress)
+    if sec.sampler:
+        kwargs["sampler"] = sec.sampler
+    if sec.batch_size:
+        kwargs["batch_size"] = sec.batch_size
+    table = optimize(model, objective, **kwargs)
+    info = {"molecules": str(d / "molecules.csv"), "best": float(table["score"].max()) if len(table) and "score" in table else None}
+    summary_path = d / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        info.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+    if sec.compare_prior and not sec.objectives:
+        prior_dir = d / "prior"
+        prior = sample_prior_baseline(model, objective, budget=sec.budget, seed=pipe.seed, out_dir=prior_dir)
+        info["prior_best"] = float(prior["score"].max()) if len(prior) else None
+        top_n = min(10, len(table))
+        info["optimized_top10_mean"] = float(table["score"].nlargest(top_n).mean()) if top_n else None
+        log.info("[optimize] best optimized %.4f vs best of %d prior samples %.4f",
+                 info["best"], sec.budget, info["prior_best"])
+    return info
+
+
+def _stage_report(pipe: Pipeline, d: Path, results: dict, progress: bool) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    from . import chem
+    from .generate import pca_map
+    from .model import load_model
+    from .report import report_from_run_dir
+
+    sec = pipe.report
+    # The latent map: training molecules, generated samples and optimized molecules, encoded
+    # by the run's model and projected on the first two principal axes.
+    run = pipe.run_dir
+    groups: list[tuple[str, list[str]]] = [("training", _training_smiles(pipe))]
+    for label, path in (("generated", run / "sample" / "samples.csv"),
+                        ("optimized", run / "optimize" / "molecules.csv")):
+        if path.exists():
+            t = pd.read_csv(path, keep_default_na=False)
+            if label == "optimized" and "score" in t:
+                t = t.sort_values("score", ascending=False)
+            groups.append((label, [s for s in t["smiles"] if s][: sec.latent_molecules // 2]))
+    rng = np.random.RandomState(pipe.seed)
+    train = groups[0][1]
+    groups[0] = ("training", [train[i] for i in rng.permutation(len(train))[: sec.latent_molecules]])
+    smiles = [s for _, g in groups for s in g]
+    labels = [label for label, g in groups for _ in g]
+    if sec.latent_property not in chem.PROPERTIES:
+        raise MolvaeError(f"{pipe.path} [report] latent_property: unknown property "
+                          f"'{sec.latent_property}'{_suggest(sec.latent_property, chem.PROPERTIES)}")
+    if len(smiles) >= 3:
+        model = load_model(_model_path(pipe), device=pipe.device)
+        coords, ok = pca_map(model, smiles)
+        kept = [s for s, good in zip(smiles, ok) if good]
+        values = chem.properties_many(kept, names=(sec.latent_property,), progress=False)[sec.latent_property]
+        np.savez(run / "latent.npz", coords=coords, values=values.to_numpy(dtype=float),
+                 labels=np.array([lab for lab, good in zip(labels, ok) if good], dtype=str),
+                 property=np.array(sec.latent_property))
+    path = report_from_run_dir(run, top_n=sec.top_n, training_smiles=None if pipe.data else train)
+    return {"report": str(path)}
+
+
+STAGE_FUNCS = {"data": _stage_data, "train": _stage_train, "evaluate": _stage_evaluate,
+               "sample": _stage_sample, "optimize": _stage_optimize, "report": _stage_report}
+
+
+def _run_one(path: str, force: bool, progress: bool, run_dir: str | None = None) -> RunResult:
+    t0 = time.perf_counter()
+    try:
+        pipe = load_pipeline(path, run_dir)
+    except MolvaeError as exc:
+        return RunResult(Path(path).stem, path, "invalid", time.perf_counter() - t0, str(exc))
+    try:
+        run_pipeline(pipe, force=force, progress=progress)
+        return RunResult(pipe.name, path, "ok", time.perf_counter() - t0, run_dir=str(pipe.run_dir),
+                         stages=pipe.stages())
+    except MolvaeError as exc:
+        log.error("%s: %s", path, exc)
+        return RunResult(pipe.name, path, "failed", time.perf_counter() - t0, str(exc), str(pipe.run_dir))
+    except Exception as exc:  # a bug in a stage must not stop the other pipelines
+        log.error("%s: %s", path, traceback.format_exc())
+        return RunResult(pipe.name, path, "failed", time.perf_counter() - t0,
+                         f"{type(exc).__name__}: {exc}", str(pipe.run_dir))
+
+
+def run_many(paths: list[str], force: bool = False, jobs: int = 1, progress: bool = True) -> list[RunResult]:
+    """Run several pipelines, in turn or ``jobs`` at a time; one failure does not stop the rest."""
+    if jobs <= 1 or len(paths) <= 1:
+        return [_run_one(p, force, progress) for p in paths]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: each pipeline gets a clean interpreter (torch threads and forks do not mix).
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_run_one, paths, [force] * len(paths), [False] * len(paths)))
+
+
+def format_summary(results: list[RunResult]) -> str:
+    width = max([len(r.name) for r in results] + [8])
+    lines = [f"{'pipeline':<{width}}  {'status':<8} {'time':>8}  run folder / error"]
+    for r in results:
+        detail = r.run_dir if r.status == "ok" else r.error.splitlines()[0] if r.error else ""
+        lines.append(f"{r.name:<{width}}  {r.status:<8} {r.seconds:>7.1f}s  {detail}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""TOML pipelines: validation names file/section/key, run folders, resume after a kill,
+and several pipelines where one is broken."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from molvae.cli import main
+from molvae.errors import MolvaeError
+from molvae.pipeline import load_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_TRAIN = """
+[train]
+epochs = {epochs}
+batch_size = 32
+lr = 0.003
+latent_dim = 8
+patience = 0
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory, train_smiles):
+    d = tmp_path_factory.mktemp("pipe-data")
+    p = d / "mols.csv"
+    pd.DataFrame({"smiles": train_smiles[:160], "id": range(160)}).to_csv(p, index=False)
+    return p
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[sample]\nnn = 10\n", r"\[sample\]: unknown key 'nn' \(did you mean 'n'\?\)"),
+    ("[sampel]\nn = 10\n", r"unknown key or section 'sampel' \(did you mean 'sample'\?\)"),
+    ("[sample]\nn = 'ten'\n", r"\[sample\]\.n: expected int"),
+    ("[data]\ninput = 'nowhere.csv'\n", r"\[data\] input: file 'nowhere.csv' not found"),
+    ("[optimize]\nlead = 'C1CC'\n", r"\[optimize\] lead: 'C1CC' is not a valid SMILES"),
+    ("[optimize]\nobjective = 'qde'\n", r"unknown objective preset 'qde'.*did you mean 'qed'"),
+    ("[optimize]\nobjective = { component = [{ property = 'qed', wieght = 2 }] }\n",
+     r"unknown key 'wieght'.*did you mean 'weight'"),
+    ("[optimize]\nstart = ['CCO', 'xyz']\n", r"\[optimize\] start\[1\]: 'xyz' is not a valid SMILES"),
+    ("seed = 0\n", r"no stage to run"),
+    ("[train]\nepochs = 1\n", r"\[train\]: needs a \[data\] section"),
+    ("[sample]\nn = 5\n[report]\nlatent_propery = 'qed'\n", r"\[report\]: unknown key 'latent_propery'"),
+])
+def test_validation_errors_name_file_section_and_key(tmp_path, body, message):
+    path = write(tmp_path / "bad.toml", body)
+    with pytest.raises(MolvaeError, match=message) as err:
+        load_pipeline(path)
+    assert "bad.toml" in str(err.value)
+
+
+def test_reference_and_shipped_pipelines_validate():
+    for name in ("reference", "quickstart", "lead_optimization", "multi_objective", "train_moses"):
+        pipe = load_pipeline(ROOT / "pipelines" / f"{name}.toml")
+        assert pipe.stages()
+    ref = load_pipeline(ROOT / "pipelines" / "reference.toml")
+    assert ref.stages() == ["data", "train", "evaluate", "sample", "optimize", "report"]
+
+
+def _run(args, cwd, env=None):
+    return subprocess.Popen([sys.executable, "-m", "molvae", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(cond, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_kill_during_training_and_optimization_then_resume(tmp_path, small_file):
+    """Kill `molvae run` mid-training and mid-optimization; re-running finishes the pipeline
+    with every epoch trained once and every molecule scored once."""
+    budget = 150
+    pipe = write(tmp_path / "p.toml", f"""
+name = "resume"
+run_dir = "{tmp_path / 'run'}"
+[data]
+input = "{small_file}"
+valid_fraction = 0.1
+{TINY_TRAIN.format(epochs=6)}
+[optimize]
+objective = "qed"
+budget = {budget}
+batch_size = 16
+compare_prior = false
+""")
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MOLVAE_QUIET": "1"}
+    # 1) kill during training, once an epoch checkpoint exists
+    proc = _run(["-q", "run", str(pipe)], tmp_path, env)
+    metrics = run / "train" / "metrics.csv"
+    assert _wait_for(lambda: metrics.exists() and len(pd.read_csv(metrics)) >= 2, proc), proc.communicate()[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "train" / "DONE").exists()
+    # 2) resume; kill during optimization, once some molecules are scored
+    proc = _run(["-q", "run", str(pipe)], tmp_path, env)
+    molecules = run / "optimize" / "molecules.csv"
+
+    def some_scored():
+        try:
+            return molecules.exists() and 20 <= len(pd.read_csv(molecules)) < budget
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            return False
+
+    assert _wait_for(some_scored, proc), proc.communicate()[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    scored_before = set(pd.read_csv(molecules)["smiles"])
+    assert not (run / "optimize" / "DONE").exists()
+    # 3) resume to the end
+    proc = _run(["-q", "run", str(pipe)], tmp_path, env)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    epochs = pd.read_csv(metrics)["epoch"].tolist()
+    assert epochs == list(range(1, 7))                      # every epoch once, none repeated
+    table = pd.read_csv(molecules)
+    assert table["smiles"].is_unique                       # never re-scored
+    assert scored_before <= set(table["smiles"])           # nothing lost
+    assert len(table) == budget
+    assert sorted(table["oracle_call"]) == list(range(1, budget + 1))
+    assert (run / "optimize" / "DONE").exists() and (run / "train" / "DONE").exists()
+
+
+def test_two_pipelines_one_broken(tmp_path, small_file, capsys):
+    good = write(tmp_path / "good.toml", f"""
+run_dir = "{tmp_path / 'good-run'}"
+[data]
+input = "{small_file}"
+""")
+    broken = write(tmp_path / "broken.toml", "[data]\ninptu = 'x.csv'\n")
+    rc = main(["run", str(broken), str(good)])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert (tmp_path / "good-run" / "data" / "DONE").exists()
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith(("good", "broken"))}
+    assert "ok" in lines["good"] and "invalid" in lines["broken"] and "inptu" in lines["broken"]
+    # re-running skips the finished stage; provenance and resolved config are recorded
+    assert main(["run", str(good)]) == 0
+    prov = json.loads((tmp_path / "good-run" / "provenance.json").read_text())
+    assert {"molvae", "torch", "rdkit", "cuda", "device"} <= set(prov)
+    assert json.loads((tmp_path / "good-run" / "config.json").read_text())["data"]["valid_fraction"] == 0.05
+    assert "already complete" in (tmp_path / "good-run" / "run.log").read_text()
