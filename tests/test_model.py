@@ -1,0 +1,237 @@
+"""The sequence VAE and its checkpoints: batched decoding, encode/decode API, safe loading."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from molvae.chem import canonical
+from molvae.errors import MolvaeError
+from molvae.model import (CONFIG_FILE, WEIGHTS_FILE, ModelConfig, MolVAE, SequenceVAE, kl_weight,
+                          load_model, resolve_device, save_model)
+from molvae.tokens import Vocabulary, smiles_to_selfies
+
+SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "O=C(O)c1ccccc1", "CC(C)Cc1ccc(C)cc1"]
+
+
+def tiny_vae(smiles=SMILES, seed=0, **overrides) -> MolVAE:
+    # The vocabulary of canonical SMILES, as `molvae data prepare` builds it.
+    vocab = Vocabulary.build([smiles_to_selfies(canonical(s)) for s in smiles])
+    settings = dict(embed_dim=16, enc_hidden=32, dec_hidden=32, dec_layers=2, latent_dim=8)
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    return MolVAE(SequenceVAE(ModelConfig(len(vocab), vocab.seq_len, **settings)), vocab, "cpu")
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+def test_generate_decodes_whole_batch_with_one_step_per_position():
+    vae = tiny_vae()
+    calls = []
+    vae.module.decoder.register_forward_hook(lambda *a: calls.append(1))
+    z = torch.randn(50, vae.latent_dim, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    ids = vae.module.generate(z, greedy=False, temperature=2.0, generator=gen)
+    assert ids.shape[0] == 50 and ids.dtype == torch.long
+    assert len(calls) == ids.shape[1]  # one GRU call per position for all 50 rows
+    assert ids.shape[1] <= vae.vocab.seq_len - 1
+    eos, pad = vae.vocab.eos_id, vae.vocab.pad_id
+    finished_rows = 0
+    for row in ids.tolist():
+        assert vae.vocab.bos_id not in row
+        if eos in row:
+            k = row.index(eos)
+            assert all(t == pad for t in row[k + 1:]), "tokens after [eos] must be padding"
+            assert pad not in row[:k]
+            finished_rows += 1
+        else:
+            assert pad not in row and len(row) == vae.vocab.seq_len - 1
+    assert finished_rows > 0
+    # The loop ran only as long as the longest row needed.
+    lengths = [row.index(eos) + 1 if eos in row else len(row) for row in ids.tolist()]
+    assert ids.shape[1] == max(lengths)
+
+
+def test_generate_stops_as_soon_as_every_row_has_ended():
+    vae = tiny_vae()
+    with torch.no_grad():  # a decoder that always says [eos] first
+        vae.module.output.bias.fill_(-10.0)
+        vae.module.output.bias[vae.vocab.eos_id] = 10.0
+    ids = vae.decode_ids(torch.zeros(7, vae.latent_dim))
+    assert ids.tolist() == [[vae.vocab.eos_id]] * 7
+    assert vae.decode(torch.zeros(2, vae.latent_dim)) == [None, None]  # empty molecule -> None
+
+
+def test_decode_ids_chunks_large_batches_consistently():
+    vae = tiny_vae()
+    z = vae.sample_prior(30, seed=3)
+    whole = vae.decode_ids(z)
+    chunked = vae.decode_ids(z, chunk_size=7)
+    assert torch.equal(whole, chunked)
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    vae = tiny_vae()
+    assert torch.equal(vae.sample_prior(5, seed=1), vae.sample_prior(5, seed=1))
+    a = vae.sample(20, seed=4, greedy=False)
+    assert a == vae.sample(20, seed=4, greedy=False)
+    assert len(a) == 20 and all(s is None or isinstance(s, str) for s in a)
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def test_encode_gives_deterministic_posterior_means():
+    vae = tiny_vae()
+    mu, logvar = vae.encode(SMILES[:3])
+    assert mu.shape == logvar.shape == (3, vae.latent_dim)
+    mu2, _ = vae.encode(["OCC", SMILES[1], SMILES[2]])  # OCC standardizes to CCO
+    assert torch.allclose(mu, mu2)
+
+
+def test_encode_names_the_molecule_it_cannot_encode():
+    vae = tiny_vae()
+    with pytest.raises(MolvaeError, match=r"molecule 1 \('C\[Si\]\(C\)C'\).*\[Si\]"):
+        vae.encode(["CCO", "C[Si](C)C"])
+    with pytest.raises(MolvaeError, match="not a valid molecule"):
+        vae.encode(["CCO", "not-a-smiles"])
+    mu, logvar, ok, reasons = vae.try_encode(["CCO", "C[Si](C)C", "c1ccccc1O"])
+    assert ok == [True, False, True] and mu.shape == (2, vae.latent_dim)
+    assert reasons[0] is None and "[Si]" in reasons[1]
+
+
+def test_encoder_ignores_padding():
+    vae = tiny_vae()
+    ids = vae.vocab.to_tensor([vae.vocab.encode("CC(=O)Nc1ccc(O)cc1")])
+    wider = torch.cat([ids, torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(vae.module.encode(ids)[0], vae.module.encode(wider)[0], atol=1e-6)
+
+
+def test_loss_reports_elbo_terms():
+    vae = tiny_vae(beta_max=0.5, kl_anneal_steps=100, free_bits=0.1)
+    ids = vae.vocab.to_tensor([vae.vocab.encode(s) for s in SMILES])
+    vae.module.train()
+    out = vae.module.loss(ids, step=50)
+    assert out["beta"].item() == pytest.approx(0.25)
+    assert out["kl_per_dim"].shape == (vae.latent_dim,)
+    assert out["kl"].item() == pytest.approx(out["kl_per_dim"].sum().item(), rel=1e-5)
+    # free bits count each dimension's KL as at least 0.1 nats
+    used = out["kl_per_dim"].clamp(min=0.1).sum()
+    assert out["loss"].item() == pytest.approx((out["recon"] + 0.25 * used).item(), rel=1e-5)
+    out["loss"].backward()
+    assert vae.module.output.weight.grad is not None
+
+
+def test_kl_schedules():
+    lin = ModelConfig(10, 10, beta_max=0.2, kl_schedule="linear", kl_anneal_steps=100)
+    assert [kl_weight(lin, s) for s in (0, 50, 100, 500)] == pytest.approx([0, 0.1, 0.2, 0.2])
+    cyc = ModelConfig(10, 10, beta_max=1.0, kl_schedule="cyclical", kl_anneal_steps=100, kl_cycles=2)
+    assert [kl_weight(cyc, s) for s in (0, 25, 40, 50, 75, 200)] == pytest.approx([0, 1, 1, 0, 1, 1])
+    const = ModelConfig(10, 10, beta_max=0.3, kl_schedule="constant")
+    assert kl_weight(const, 0) == 0.3
+
+
+def test_config_rejects_unknown_and_mistyped_keys():
+    with pytest.raises(MolvaeError, match="latnet_dim"):
+        ModelConfig.from_dict({"vocab_size": 10, "seq_len": 10, "latnet_dim": 8})
+    with pytest.raises(MolvaeError, match="dec_hidden must be int"):
+        ModelConfig.from_dict({"vocab_size": 10, "seq_len": 10, "dec_hidden": "big"})
+    with pytest.raises(MolvaeError, match="kl_schedule"):
+        ModelConfig(10, 10, kl_schedule="sigmoid")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(MolvaeError, match="use auto, cpu"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MolvaeError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture
+def saved(tmp_path):
+    vae = tiny_vae()
+    save_model(vae, tmp_path / "m", metrics={"val_loss": 1.5})
+    return vae, tmp_path / "m"
+
+
+def test_save_and_load_round_trip(saved, monkeypatch):
+    vae, path = saved
+    # Loading must never unpickle: make every pickle entry point fail.
+    def refuse(*a, **k):
+        raise AssertionError("load_model unpickled something")
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    loaded = load_model(path, device="cpu")
+    assert sorted(p.name for p in path.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE])
+    assert loaded.config == vae.config and loaded.vocab.tokens == vae.vocab.tokens
+    assert loaded.metadata["metrics"] == {"val_loss": 1.5}
+    z = vae.sample_prior(10, seed=0)
+    assert loaded.decode(z) == vae.decode(z)
+    assert torch.equal(loaded.encode(SMILES)[0], vae.encode(SMILES)[0])
+
+
+def test_truncated_weights_file_is_a_clear_error(saved):
+    _, path = saved
+    w = path / WEIGHTS_FILE
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(MolvaeError, match=r"weights\.safetensors.*truncated or corrupt"):
+        load_model(path)
+
+
+def test_garbage_json_is_a_clear_error(saved):
+    _, path = saved
+    (path / CONFIG_FILE).write_text('{"format_version": 1, "config": ')
+    with pytest.raises(MolvaeError, match=r"model\.json: not valid JSON"):
+        load_model(path)
+    (path / CONFIG_FILE).write_text('{"format_version": NaN}')
+    with pytest.raises(MolvaeError, match="not valid JSON"):
+        load_model(path)
+
+
+def test_wrong_shapes_are_a_clear_error(saved):
+    _, path = saved
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta["config"]["dec_hidden"] = 48
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(MolvaeError, match=r"weights\.safetensors: tensor .* has shape"):
+        load_model(path)
+
+
+def test_wrong_format_version_is_a_clear_error(saved):
+    _, path = saved
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    meta["format_version"] = 99
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(MolvaeError, match="format_version 99 is not supported"):
+        load_model(path)
+
+
+def test_missing_files_are_clear_errors(saved, tmp_path):
+    _, path = saved
+    with pytest.raises(MolvaeError, match="model directory not found"):
+        load_model(tmp_path / "nowhere")
+    (path / WEIGHTS_FILE).unlink()
+    with pytest.raises(MolvaeError, match="weights file not found"):
+        load_model(path)
+    (path / CONFIG_FILE).unlink()
+    with pytest.raises(MolvaeError, match="model config not found"):
+        load_model(path)
+
+
+def test_default_model_location(saved, tmp_path, monkeypatch):
+    _, path = saved
+    monkeypatch.setenv("MOLVAE_DEFAULT_MODEL", str(tmp_path / "absent"))
+    with pytest.raises(MolvaeError, match="no default model"):
+        load_model(None)
+    monkeypatch.setenv("MOLVAE_DEFAULT_MODEL", str(path))
+    assert load_model(None, device="cpu").latent_dim == 8
