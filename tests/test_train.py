@@ -16,10 +16,10 @@ from molvae.train import METRIC_COLUMNS, TrainConfig, epoch_batches, find_checkp
 TINY = dict(embed_dim=16, enc_hidden=32, dec_hidden=48, dec_layers=1, latent_dim=8)
 
 
-def make_data(smiles, n_valid=16, repeat=1):
+def make_data(smiles, n_valid=16):
     vocab = Vocabulary.build([smiles_to_selfies(s) for s in smiles])
     ids = vocab.to_tensor([vocab.encode(s) for s in smiles])
-    train_ids = ids[n_valid:].repeat(repeat, 1) if n_valid else ids.repeat(repeat, 1)
+    train_ids = ids[n_valid:] if n_valid else ids
     valid_ids = ids[:n_valid] if n_valid else ids
     return SimpleNamespace(vocab=vocab, train=train_ids, valid=valid_ids,
                            train_smiles=smiles[n_valid:], valid_smiles=smiles[:n_valid])
@@ -41,12 +41,11 @@ def test_tiny_model_memorises_64_molecules(small_smiles, tmp_path):
     """The model and the training loop can learn: greedy decoding from the posterior mean
     gives back >= 95% of 64 training molecules exactly (canonical SMILES)."""
     smiles = small_smiles[:64]
-    # The 64 molecules, each seen 8 times per epoch, validated on themselves.
-    data = make_data(smiles, n_valid=0, repeat=8)
-    cfg = config(epochs=30,
-                 batch_size=32, lr=3e-3, warmup_steps=20, lr_schedule="constant",
-                 recon_eval_molecules=64, kl_anneal_fraction=None,
-                 model=dict(embed_dim=64, enc_hidden=128, dec_hidden=512, dec_layers=1, latent_dim=16,
+    data = make_data(smiles, n_valid=0)  # validated on the training molecules themselves
+    # Near-zero beta and no dropout: pure memorisation. ~300 steps of 16 reach 100% here.
+    cfg = config(epochs=75, batch_size=16, lr=3e-3, warmup_steps=0, weight_decay=0.0,
+                 lr_schedule="constant", recon_eval_molecules=64, kl_anneal_fraction=None,
+                 model=dict(embed_dim=32, enc_hidden=128, dec_hidden=256, dec_layers=1, latent_dim=16,
                             dropout=0.0, word_dropout=0.0, beta_max=0.001, kl_schedule="constant"))
     t0 = time.time()
     summary = train(data, tmp_path / "run", cfg)
