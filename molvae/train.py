@@ -175,8 +175,13 @@ def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int, scale: float = 1.0) -> float:
-    """Learning rate at ``step``: linear warm-up, then cosine / plateau-scaled / constant."""
-    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps > 0 else 1.0
+    """Learning rate at ``step``: linear warm-up, then cosine / plateau-scaled / constant.
+
+    The warm-up lasts ``warmup_steps`` but at most a tenth of the run, so a short run
+    still reaches the full rate.
+    """
+    warmup = min(config.warmup_steps, total_steps // 10)
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     if config.lr_schedule == "cosine":
         t = min(1.0, step / max(1, total_steps))
         lo = config.min_lr_ratio
