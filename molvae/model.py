@@ -183,18 +183,25 @@ class SequenceVAE(nn.Module):
     def device(self) -> torch.device:
         return self.embedding.weight.device
 
+    @staticmethod
+    def _rnn(rnn: nn.GRU, x: torch.Tensor, h: torch.Tensor | None = None):
+        # nn.GRU is not on autocast's op list: under bf16 autocast it would get bf16 inputs
+        # from the linear layers and fp32 weights. Run it in fp32 (TF32 on cuDNN) always.
+        with torch.autocast(x.device.type, enabled=False):
+            return rnn(x.float(), None if h is None else h.float())
+
     def encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``, each ``(B, latent_dim)``, of padded id sequences."""
         lengths = (ids != self.pad_id).sum(1).clamp(min=1)
         last_pos = (lengths - 1).view(-1, 1, 1)
-        out, _ = self.encoder(self.embedding(ids))
+        out, _ = self._rnn(self.encoder, self.embedding(ids))
         # The state after each molecule's last real token, not after its padding.
         states = [out.gather(1, last_pos.expand(-1, 1, out.size(2))).squeeze(1)]
         if self.encoder_reverse is not None:
             pos = torch.arange(ids.size(1), device=ids.device).unsqueeze(0)
             src = (lengths.unsqueeze(1) - 1 - pos).clamp(min=0)
             rev = ids.gather(1, src).masked_fill(pos >= lengths.unsqueeze(1), self.pad_id)
-            out_r, _ = self.encoder_reverse(self.embedding(rev))
+            out_r, _ = self._rnn(self.encoder_reverse, self.embedding(rev))
             states.append(out_r.gather(1, last_pos.expand(-1, 1, out_r.size(2))).squeeze(1))
         last = torch.cat(states, dim=-1)
         mu, logvar = self.to_latent(last).float().chunk(2, dim=-1)
@@ -215,7 +222,7 @@ class SequenceVAE(nn.Module):
         """Teacher-forced logits ``(B, T, vocab)`` for decoder input ids ``(B, T)``."""
         emb = self.embedding(inputs)
         zz = z.to(emb.dtype).unsqueeze(1).expand(-1, inputs.size(1), -1)
-        out, _ = self.decoder(torch.cat([emb, zz], dim=-1), self.initial_hidden(z))
+        out, _ = self._rnn(self.decoder, torch.cat([emb, zz], dim=-1), self.initial_hidden(z))
         return self.output(out)
 
     # ------------------------------------------------------------------ training
@@ -283,7 +290,7 @@ class SequenceVAE(nn.Module):
         out = []
         for _ in range(max_len):
             x = torch.cat([self.embedding(tok).unsqueeze(1), zz], dim=-1)
-            o, h = self.decoder(x, h)
+            o, h = self._rnn(self.decoder, x, h)
             logits = self.output(o[:, 0]).float()
             logits[:, self.pad_id] = -math.inf
             logits[:, self.bos_id] = -math.inf

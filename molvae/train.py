@@ -451,10 +451,11 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
             lr = learning_rate(config, state["step"], total_steps, state["lr_scale"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            width = max(int(lengths[idx].max()), 2)  # trim padding; lengths live on the CPU
             if device.type == "cuda":
-                ids = _trim(train_store[idx.to(device)]).long()
+                ids = train_store[idx.pin_memory().to(device, non_blocking=True), :width].long()
             else:
-                ids = _trim(train_store[idx])
+                ids = train_store[idx, :width]
             terms = _train_step(net, module, optimizer, ids, state["step"], config, device)
             n = ids.size(0)
             seen += n
@@ -464,7 +465,7 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
             sums[4:] += terms["kl_per_dim"].double() * n
             # The finite check costs a host sync: every step on CPU, every log_every on GPU.
             if device.type == "cpu" or i % config.log_every == 0 or i == len(batches) - 1:
-                bad = torch.tensor(0.0 if torch.isfinite(terms["loss"].detach()) else 1.0)
+                bad = (~torch.isfinite(terms["loss"].detach())).float().reshape(1)
                 if dist is not None:
                     dist.all_reduce(bad)
                 if bad.item() > 0:
