@@ -69,10 +69,13 @@ def _bench(args: argparse.Namespace) -> int:
     from ..train import benchmark_training
 
     model = _model_options(args.model_option or [])
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    from ..train import cpu_threads_for_busy_machine
+
+    threads = args.threads or cpu_threads_for_busy_machine()
+    if threads:
+        torch.set_num_threads(threads)
     rows = benchmark_training(device=args.device, batch_size=args.batch_size, steps=args.steps,
                               model=model)
     print(f"{'device':<8} {'precision':<9} {'batch':>5} {'params':>10} {'MB':>6} {'ms/step':>9} {'mol/s':>9}")
@@ -114,7 +117,7 @@ def register(subparsers, bench) -> None:
     b.add_argument("--device", default="auto")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--steps", type=int, default=10)
-    b.add_argument("--threads", type=int, help="torch CPU threads")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine)")
     b.add_argument("--model-option", action="append", metavar="KEY=VALUE")
     b.add_argument("--json", help="also write the rows to this JSON file")
     b.set_defaults(func=_bench)
