@@ -101,6 +101,7 @@ class TrainConfig:
     num_threads: int | None = None
     log_every: int = 20
     max_train_molecules: int | None = None
+    max_valid_molecules: int | None = 10_000  # validation cost per epoch stays bounded
     max_hours: float | None = None
     kl_anneal_fraction: float | None = 0.3
     recon_eval_molecules: int = 500
@@ -403,6 +404,8 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
     if config.max_train_molecules:
         train_ids = train_ids[:config.max_train_molecules]
     valid_ids: torch.Tensor = data.valid
+    if config.max_valid_molecules:
+        valid_ids = valid_ids[:config.max_valid_molecules]
     if train_ids.size(0) == 0:
         raise MolvaeError("no training molecules in the data")
     if valid_ids.size(0) == 0:
