@@ -1,0 +1,133 @@
+"""`molvae optimize` and `molvae bench optimize`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+MODEL_HELP = "model folder (default: the pretrained model shipped in data/models/default)"
+
+
+def register(sub, bench) -> None:
+    from ..optimize import (DEFAULT_BATCH_SIZE, DEFAULT_BOUND, DEFAULT_COMPONENTS, DEFAULT_SAMPLER,
+                            DEFAULT_SIMILARITY, DEFAULT_TRUST_RADIUS, SAMPLERS)
+
+    p = sub.add_parser("optimize", help="search the latent space for molecules that score well",
+                       description="Optuna searches the VAE's latent space (a PCA box of the encoded "
+                                   "training set, or a trust region around --lead) for molecules that "
+                                   "maximize the objective. Re-run the same command to resume.")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--objective", nargs="+", default=["qed"], metavar="PRESET_OR_TOML",
+                   help="a preset (qed, penalized_logp, drug_like, celecoxib_rediscovery, "
+                        "similarity:SMILES, ...) or an objective TOML file; several = a Pareto search")
+    p.add_argument("--budget", type=int, default=1000, help="unique valid molecules to score (total)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help=f"default: {DEFAULT_SAMPLER} (nsga2 for several objectives)")
+    p.add_argument("--out", required=True, help="run folder (re-run to resume)")
+    p.add_argument("--start", default=None,
+                   help="warm start: SMILES (comma separated) or a SMILES file, encoded and tried first")
+    p.add_argument("--lead", default=None, help="optimize around this molecule (a trust region)")
+    p.add_argument("--min-similarity", type=float, default=None,
+                   help=f"with --lead: Tanimoto floor, Morgan r2 2048 bits (default {DEFAULT_SIMILARITY})")
+    p.add_argument("--scaffold", default=None, help="SMARTS every feasible molecule must contain")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage: an RDB URL, journal:PATH or memory (default: sqlite OUT/study.db)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--target", type=float, default=None, help="stop when the best score reaches this")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop after this many oracle calls without a new best")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--components", type=int, default=None,
+                   help=f"principal axes of the encoded training set to search (default "
+                        f"{DEFAULT_COMPONENTS}, at most the latent dimension)")
+    p.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="search box half-width, in sd")
+    p.add_argument("--trust-radius", type=float, default=DEFAULT_TRUST_RADIUS,
+                   help="with --lead: trust-region half-width, in sd")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_optimize)
+
+    b = bench.add_parser("optimize", help="optimizers vs prior sampling on standard tasks (AUC top-10)")
+    b.add_argument("--model", default=None, help=MODEL_HELP)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--tasks", default=None,
+                   help="comma-separated, from: qed, plogp, plogp_sim0.4, plogp_sim0.6, drug_like, "
+                        "celecoxib (default: all)")
+    b.add_argument("--samplers", default="tpe,cmaes,gp,random", help="comma-separated samplers")
+    b.add_argument("--seeds", type=int, default=3)
+    b.add_argument("--budgets", default="1000,10000", help="comma-separated oracle budgets")
+    b.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    b.add_argument("--components", type=int, default=None,
+                   help=f"PCA components (default {DEFAULT_COMPONENTS}, at most the latent dimension)")
+    b.add_argument("--constrained-molecules", type=int, default=100,
+                   help="starting molecules of the similarity-constrained task")
+    b.add_argument("--constrained-budget", type=int, default=100, help="oracle calls per starting molecule")
+    b.add_argument("--time-limit", type=float, default=None, help="per run, seconds (slow samplers)")
+    b.add_argument("--out", default="bench_optimize.md", help="Markdown table; a .csv is written beside it")
+    b.set_defaults(func=cmd_bench)
+
+
+def _objective(specs: list[str]):
+    from ..scoring import as_multi_objective, as_objective
+
+    if len(specs) == 1:
+        return as_objective(specs[0], base_dir=Path.cwd(), source=specs[0])
+    return as_multi_objective(list(specs), base_dir=Path.cwd())
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def cmd_optimize(args) -> int:
+    from ..model import load_model
+    from ..optimize import optimize
+
+    model = load_model(args.model, device=args.device)
+    objective = _objective(args.objective)
+    table = optimize(model, objective, budget=args.budget, sampler=args.sampler, batch_size=args.batch_size,
+                     seed=args.seed, out_dir=args.out, start=args.start, lead=args.lead,
+                     similarity_threshold=args.min_similarity, scaffold=args.scaffold,
+                     storage=args.storage, workers=args.workers, time_limit=args.time_limit,
+                     target=args.target, patience=args.patience, n_components=args.components,
+                     bound=args.bound, trust_radius=args.trust_radius)
+    s = table.attrs["summary"]
+    names = getattr(objective, "names", None) if "pareto" in table else None
+    values = [f"{n}_score" for n in names] if names else ["score"]
+    cols = ["smiles"] + values + ["feasible", "oracle_call"] + (["pareto"] if "pareto" in table else [])
+    top = table.head(10)[cols]
+    width = max([len("smiles")] + [min(len(x), 60) for x in top["smiles"]])
+    print(f"{'#':>3} {'smiles':<{width}} " + " ".join(f"{c:>12}" for c in cols[1:]))
+    for i, row in enumerate(top.itertuples(index=False), 1):
+        smi = row[0] if len(row[0]) <= 60 else row[0][:57] + "..."
+        print(f"{i:>3} {smi:<{width}} " + " ".join(f"{_fmt(v):>12}" for v in row[1:]))
+    print(f"\n{s['oracle_calls']} molecules scored (budget {s['budget']}; stopped: {s['stop_reason']}), "
+          f"top-1 {_fmt(s['top1'])}, top-10 mean {_fmt(s['top10_mean'])}, AUC top-10 {_fmt(s['auc_top10'])}")
+    print(f"{s['wall_s']:.1f} s, {s['calls_per_s']:.1f} molecules/s; written to {args.out} "
+          "(molecules.csv, top.csv, summary.json, curve.png)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from ..benchmark import TASKS, benchmark_optimize
+    from ..errors import MolvaeError
+    from ..model import load_model
+
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(TASKS)
+    try:
+        budgets = [int(b) for b in args.budgets.split(",")]
+    except ValueError:
+        raise MolvaeError(f"--budgets: expected comma-separated integers, got {args.budgets!r}") from None
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    model = load_model(args.model, device=args.device)
+    result = benchmark_optimize(model, tasks=tasks, samplers=samplers, seeds=args.seeds, budgets=budgets,
+                                batch_size=args.batch_size, n_components=args.components,
+                                constrained_molecules=args.constrained_molecules,
+                                constrained_budget=args.constrained_budget, time_limit=args.time_limit,
+                                out=args.out)
+    print(result.markdown)
+    print(f"\nwritten to {args.out} and {Path(args.out).with_suffix('.csv')}")
+    return 0

@@ -1,0 +1,389 @@
+"""Latent-space optimization: budget and dedup, resume after a kill, workers, lead
+optimization, Pareto fronts, outputs; the loop's mechanics run on a fast stand-in model with
+MolVAE's interface, and the end-to-end tests on a real tiny model trained here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from molvae import chem
+from molvae import optimize as opt
+from molvae.errors import MolvaeError
+from molvae.optimize import optimize, pareto_mask, sample_prior_baseline, top_k_auc
+
+HERE = Path(__file__).resolve().parent
+
+
+class FakeVAE:
+    """MolVAE's interface over a fixed library of molecules: ``decode(z)`` gives the library
+    molecule whose code is nearest to z, so nearby points decode to the same molecule (as a
+    real decoder does) and duplicates are common. Far from the codes (``|z_0| > 3.5``) it
+    decodes nothing, like a decoder off its training distribution."""
+
+    latent_dim = 8
+    device = torch.device("cpu")
+
+    def __init__(self, library: list[str], seed: int = 0):
+        self.library = [chem.canonical(s) for s in library]
+        self.codes = np.random.default_rng(seed).standard_normal((len(library), self.latent_dim))
+        self.where = {s: i for i, s in enumerate(self.library)}
+        self.module = torch.nn.Linear(self.latent_dim, 1)  # gives the model a fingerprint
+        with torch.no_grad():
+            self.module.weight.copy_(torch.arange(self.latent_dim, dtype=torch.float32) + seed)
+            self.module.bias.zero_()
+        self.decoded = 0
+
+    def _code(self, smiles: str) -> np.ndarray:
+        i = self.where.get(smiles)
+        if i is not None:
+            return self.codes[i]
+        return np.random.default_rng(zlib.crc32(smiles.encode())).standard_normal(self.latent_dim)
+
+    def try_encode(self, smiles):
+        canon = [chem.canonical(s) for s in smiles]
+        ok = [c is not None for c in canon]
+        mu = torch.tensor(np.array([self._code(c) for c in canon if c is not None]).reshape(-1, self.latent_dim),
+                          dtype=torch.float32)
+        return mu, torch.zeros_like(mu), ok, [None if good else "invalid" for good in ok]
+
+    def encode(self, smiles):
+        mu, logvar, _, _ = self.try_encode(smiles)
+        return mu, logvar
+
+    def decode(self, z, **_):
+        z = np.asarray(torch.as_tensor(z, dtype=torch.float32).cpu(), dtype=np.float64)
+        self.decoded += len(z)
+        d = ((z[:, None, :] - self.codes[None]) ** 2).sum(-1)
+        nearest = d.argmin(1)
+        return [None if abs(row[0]) > 3.5 else self.library[i] for row, i in zip(z, nearest)]
+
+    def sample_prior(self, n, seed=None):
+        return torch.randn((n, self.latent_dim), generator=torch.Generator().manual_seed(seed or 0))
+
+
+class Counting:
+    """A custom objective (list[str] -> list[float]) that records every molecule it scores."""
+
+    def __init__(self, log_path: Path | None = None, delay: float = 0.0):
+        self.calls: list[list[str]] = []
+        self.log_path = log_path
+        self.delay = delay
+
+    def __call__(self, smiles):
+        self.calls.append(list(smiles))
+        if self.log_path is not None:
+            with open(self.log_path, "a") as fh:
+                fh.write("".join(s + "\n" for s in smiles))
+        if self.delay:
+            time.sleep(self.delay)
+        return [chem.PROPERTIES["qed"](chem.to_mol(s)) for s in smiles]
+
+    @property
+    def scored(self) -> list[str]:
+        return [s for batch in self.calls for s in batch]
+
+
+@pytest.fixture(scope="module")
+def library(train_smiles):
+    return train_smiles[:150]
+
+
+@pytest.fixture(scope="module")
+def fake(library):
+    return FakeVAE(library)
+
+
+@pytest.fixture(autouse=True)
+def _small_pca(monkeypatch):
+    monkeypatch.setattr(opt, "PCA_MOLECULES", 400)  # the shipped default encodes 5000
+
+
+# ---------------------------------------------------------------------------- budget, dedup
+
+
+def test_budget_counts_unique_molecules_and_duplicates_are_free(fake):
+    objective = Counting()
+    table = optimize(fake, objective, budget=40, sampler="random", batch_size=16, progress=False)
+    scored = objective.scored
+    assert len(scored) == 40 == len(set(scored))           # each molecule scored once
+    assert len(table) == 40 and table["smiles"].is_unique
+    assert sorted(table["oracle_call"]) == list(range(1, 41))
+    s = table.attrs["summary"]
+    assert s["oracle_calls"] == 40 and s["stop_reason"] == "budget"
+    assert s["duplicate_decodes"] > 0                        # a 150-molecule library repeats
+    assert s["trials"] == s["duplicate_decodes"] + s["invalid_decodes"] + 40
+    # The custom callable is the score; the table is sorted best first.
+    assert table["score"].is_monotonic_decreasing
+    assert np.allclose(table["custom_raw"], table["score"])
+
+
+def test_invalid_decodes_are_told_but_never_scored_or_counted(fake):
+    objective = Counting()
+    table = optimize(fake, objective, budget=25, sampler="random", batch_size=32, bound=6.0,
+                     progress=False, n_components=8)
+    s = table.attrs["summary"]
+    assert s["invalid_decodes"] > 0                 # |z_0| > 3.5 decodes to nothing
+    assert None not in objective.scored and len(objective.scored) == 25
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_samplers_improve_on_their_first_batch(train_smiles, sampler):
+    fake = FakeVAE(train_smiles[:2000])  # enough molecules that a converging sampler finds new ones
+    table = optimize(fake, "qed", budget=40, sampler=sampler, batch_size=12, seed=1, progress=False)
+    first = table[table["batch"] == table["batch"].min()]["score"].max()
+    assert table["score"].max() >= first
+    assert table.attrs["summary"]["sampler"] == sampler and len(table) == 40
+
+
+def test_stop_rules(fake):
+    t = optimize(fake, "qed", budget=100, sampler="random", batch_size=8, target=0.5, progress=False)
+    assert t.attrs["summary"]["stop_reason"] == "target" and t["score"].max() >= 0.5
+    t = optimize(fake, "qed", budget=100, sampler="random", batch_size=8, patience=5, progress=False)
+    s = t.attrs["summary"]
+    assert s["stop_reason"] == "patience" and s["oracle_calls"] < 100
+    calls_of_best = t.sort_values("oracle_call")["score"].cummax().diff().fillna(1) > 0
+    last_gain = t.sort_values("oracle_call")["oracle_call"][calls_of_best.to_numpy()].max()
+    assert s["oracle_calls"] - last_gain >= 5
+
+
+def test_bad_arguments_raise_molvae_error(fake):
+    with pytest.raises(MolvaeError, match="sampler"):
+        optimize(fake, "qed", sampler="annealing", progress=False)
+    with pytest.raises(MolvaeError, match="budget"):
+        optimize(fake, "qed", budget=0, progress=False)
+    with pytest.raises(MolvaeError, match="n_components"):
+        optimize(fake, "qed", n_components=99, progress=False)
+    with pytest.raises(MolvaeError, match="lead"):
+        optimize(fake, "qed", similarity_threshold=0.4, progress=False)
+    with pytest.raises(MolvaeError, match="out_dir"):
+        optimize(fake, "qed", workers=2, progress=False)
+
+
+# ---------------------------------------------------------------------------- run folder, resume
+
+
+def test_outputs_and_in_process_resume(fake, tmp_path):
+    out = tmp_path / "run"
+    objective = Counting()
+    optimize(fake, objective, budget=30, sampler="cmaes", batch_size=10, out_dir=out, progress=False)
+    first = pd.read_csv(out / "molecules.csv")
+    for name in ("molecules.csv", "top.csv", "summary.json", "curve.png", "study.db", "search_space.npz"):
+        assert (out / name).exists(), name
+    assert list(first.columns[:3]) == ["oracle_call", "smiles", "score"]
+    assert {"feasible", "custom_raw", "custom", "trial", "batch", "worker", "seconds"} <= set(first.columns)
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("top1", "top10_mean", "top100_mean", "auc_top10", "wall_s", "oracle_calls", "calls_per_s",
+                "time", "overhead_fraction", "stop_reason"):
+        assert key in summary, key
+    assert {"decode_s", "score_s", "sampler_s"} <= set(summary["time"])
+    assert {"qed", "mw", "sa"} <= set(pd.read_csv(out / "top.csv").columns)
+
+    # Same call, larger budget: nothing re-scored, numbering continues, the study grows.
+    table = optimize(fake, objective, budget=50, sampler="cmaes", batch_size=10, out_dir=out, progress=False)
+    assert len(objective.scored) == 50 == len(set(objective.scored))
+    after = pd.read_csv(out / "molecules.csv")
+    pd.testing.assert_frame_equal(after.head(30), first)
+    assert list(after["oracle_call"]) == list(range(1, 51)) and len(table) == 50
+    assert table.attrs["summary"]["resumed_from_calls"] == 30
+
+    # A different objective in the same folder is refused, not mixed in.
+    with pytest.raises(MolvaeError, match="other settings|columns"):
+        optimize(fake, "qed", budget=60, sampler="cmaes", out_dir=out, progress=False)
+
+
+def test_partial_last_line_is_dropped(fake, tmp_path):
+    out = tmp_path / "run"
+    optimize(fake, "qed", budget=12, sampler="random", batch_size=6, out_dir=out, progress=False)
+    with open(out / "molecules.csv", "a") as fh:
+        fh.write("13,CCO,0.4")  # a write cut short by a kill
+    table = optimize(fake, "qed", budget=15, sampler="random", batch_size=6, out_dir=out, progress=False)
+    rows = pd.read_csv(out / "molecules.csv")
+    assert len(rows) == 15 and rows["smiles"].is_unique and len(table) == 15
+    assert list(rows["oracle_call"]) == list(range(1, 16))
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import molvae.optimize as opt
+    from molvae.data import bundled
+    from test_optimize import Counting, FakeVAE
+    from pathlib import Path
+    opt.PCA_MOLECULES = 400
+    out = Path({out!r})
+    objective = Counting(out.parent / "scored.txt", delay={delay})
+    opt.optimize(FakeVAE(bundled("train")[:150]), objective, budget={budget}, sampler={sampler!r},
+                 batch_size=8, out_dir=out, workers={workers}, progress=False)
+""")
+
+
+def _run_and_kill(tmp_path: Path, budget: int, sampler: str, workers: int, kill_at: int) -> None:
+    out = tmp_path / "run"
+    script = KILL_SCRIPT.format(tests=str(HERE), out=str(out), delay=0.15, budget=budget, workers=workers,
+                                sampler=sampler)
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "MOLVAE_QUIET": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    deadline = time.time() + 60
+    csv = out / "molecules.csv"
+    while time.time() < deadline and proc.poll() is None:
+        if csv.exists() and sum(1 for _ in open(csv)) - 1 >= kill_at:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the worker processes too
+    proc.wait()
+
+
+@pytest.mark.parametrize("sampler,workers", [("cmaes", 1), ("random", 2)])
+def test_kill_and_resume_loses_nothing_and_never_rescores(fake, tmp_path, sampler, workers):
+    budget = 48
+    _run_and_kill(tmp_path, budget, sampler, workers, kill_at=16)
+    out = tmp_path / "run"
+    before = pd.read_csv(out / "molecules.csv")
+    assert 16 <= len(before) < budget
+    scored_before = (tmp_path / "scored.txt").read_text().split()
+
+    objective = Counting()
+    table = optimize(fake, objective, budget=budget, sampler=sampler, batch_size=8, out_dir=out,
+                     workers=workers, progress=False)
+    after = pd.read_csv(out / "molecules.csv")
+    pd.testing.assert_frame_equal(after.head(len(before)), before)     # nothing lost
+    assert not set(objective.scored) & set(before["smiles"])            # nothing re-scored
+    assert len(after) == budget == len(table) and after["smiles"].is_unique
+    assert list(after["oracle_call"]) == list(range(1, budget + 1))
+    # Everything the killed run scored and wrote is in the final table once.
+    assert set(before["smiles"]) <= set(scored_before)
+    import optuna
+
+    study = optuna.load_study(study_name="run", storage=f"sqlite:///{out / 'study.db'}")
+    states = {t.state.name for t in study.get_trials(deepcopy=False)}
+    assert "RUNNING" not in states
+
+
+def test_workers_share_one_log_without_rescoring(fake, tmp_path):
+    log_path = tmp_path / "scored.txt"
+    objective = Counting(log_path)
+    table = optimize(fake, objective, budget=40, sampler="random", batch_size=8, out_dir=tmp_path / "w",
+                     workers=2, progress=False)
+    scored = log_path.read_text().split()   # written by both worker processes
+    assert len(scored) == len(set(scored)) == 40
+    assert len(table) == 40 and set(table["worker"]) == {0, 1}
+
+
+# ---------------------------------------------------------------------------- lead, start, Pareto
+
+
+def test_lead_optimization_respects_the_similarity_floor(fake, library):
+    lead = fake.library[3]
+    table = optimize(fake, "qed", budget=30, sampler="random", batch_size=16, lead=lead,
+                     similarity_threshold=0.4, trust_radius=1.5, progress=False)
+    sims = chem.tanimoto(lead, table["smiles"].tolist())
+    feasible = table["feasible"].to_numpy()
+    assert feasible.any() and (~feasible).any()
+    assert (sims[feasible] >= 0.4).all()
+    assert np.allclose(table["lead_similarity_raw"], sims)
+    assert (table.loc[~feasible, "score"] == 0).all()
+    assert lead in set(table["smiles"])     # the lead (box centre) is tried first
+    assert table.attrs["summary"]["search_region"] == "trust_region"
+
+
+def test_scaffold_filter(fake):
+    table = optimize(fake, "qed", budget=20, sampler="random", batch_size=16, scaffold="c1ccccc1",
+                     progress=False)
+    has = [chem.to_mol(s).HasSubstructMatch(chem.to_mol("c1ccccc1")) for s in table["smiles"]]
+    assert (table["feasible"].to_numpy() == np.array(has)).all()
+
+
+def test_start_molecules_are_tried_first(fake):
+    start = fake.library[10:13]
+    table = optimize(fake, "qed", budget=12, sampler="tpe", batch_size=4, start=start, progress=False)
+    first = table.sort_values("oracle_call")["smiles"].head(3).tolist()
+    assert first == start
+
+
+def test_multi_objective_pareto_front_is_non_dominated(fake):
+    from molvae.scoring import Component, Objective
+
+    objectives = ["qed", Objective([Component("sa", transform={"type": "reverse_sigmoid", "low": 2, "high": 6})])]
+    table = optimize(fake, objectives, budget=40, batch_size=10, progress=False)
+    cols = [c for c in table.columns if c.endswith("_score")]
+    assert len(cols) == 2 and "score" not in table.columns
+    assert table.attrs["summary"]["sampler"] == "nsga2"
+    v = table[cols].to_numpy()
+    front = table["pareto"].to_numpy()
+    assert front.any()
+    for i in range(len(v)):
+        dominated = ((v >= v[i]).all(1) & (v > v[i]).any(1)).any()
+        assert dominated != front[i]
+    assert table["pareto"].iloc[: front.sum()].all()   # the front comes first
+
+
+# ---------------------------------------------------------------------------- metrics, baseline
+
+
+def test_pmo_auc():
+    assert top_k_auc(np.ones(1000), 10, 1000) == pytest.approx(0.95)
+    assert top_k_auc(np.ones(500), 10, 1000) == pytest.approx(0.95)          # padded to the budget
+    assert top_k_auc(np.ones(500), 10, 1000, finish=False) == pytest.approx(0.45)
+    rising = np.linspace(0, 1, 1000)
+    assert 0.4 < top_k_auc(rising, 10, 1000) < 0.5
+    assert pareto_mask(np.array([[1, 0], [0, 1], [0.5, 0.5], [0.4, 0.4]])).tolist() == [True, True, True, False]
+
+
+def test_prior_baseline_has_the_same_outputs(fake, tmp_path):
+    objective = Counting()
+    table = sample_prior_baseline(fake, objective, budget=20, batch_size=16, out_dir=tmp_path / "p",
+                                  progress=False)
+    assert len(objective.scored) == 20 == len(set(objective.scored)) == len(table)
+    s = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert s["sampler"] == "prior" and s["oracle_calls"] == 20 and "auc_top10" in s
+
+
+# ---------------------------------------------------------------------------- a real tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, train_smiles):
+    from molvae.model import load_model
+    from molvae.train import TrainConfig, train
+
+    d = tmp_path_factory.mktemp("tiny")
+    pd.DataFrame({"smiles": train_smiles[:200]}).to_csv(d / "train.csv", index=False)
+    train(d / "train.csv", d / "model", TrainConfig(
+        epochs=3, batch_size=32, patience=0, warmup_steps=5, num_threads=1,
+        model=dict(embed_dim=16, enc_hidden=32, dec_hidden=64, dec_layers=1, latent_dim=8)))
+    return d / "model", load_model(d / "model", device="cpu")
+
+
+def test_real_model_end_to_end_and_cli(tiny_model, tmp_path, monkeypatch, capsys):
+    from molvae.cli import main
+
+    path, model = tiny_model
+    monkeypatch.setattr(opt, "STALL_BATCHES", 3)  # an undertrained decoder repeats itself
+    objective = Counting()
+    table = optimize(model, objective, budget=6, sampler="cmaes", batch_size=8, n_components=4,
+                     out_dir=tmp_path / "run", progress=False)
+    s = table.attrs["summary"]
+    assert s["stop_reason"] in ("budget", "stalled") and 1 <= len(table) <= 6
+    assert len(objective.scored) == len(set(objective.scored)) == len(table)
+    assert all(chem.is_valid_molecule(x) and chem.canonical(x) == x for x in table["smiles"])
+    assert s["explained_variance"] > 0 and s["n_components"] == 4
+
+    rc = main(["optimize", "--model", str(path), "--objective", "qed", "--budget", "4", "--batch-size", "8",
+               "--components", "4", "--sampler", "random", "--out", str(tmp_path / "cli")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "molecules scored" in printed and "smiles" in printed
+    assert (tmp_path / "cli" / "curve.png").exists()
