@@ -389,6 +389,12 @@ class MolVAE:
             raise MolvaeError(f"model expects vocab_size {module.config.vocab_size} and seq_len "
                               f"{module.config.seq_len}, vocabulary has {len(vocab)} and {vocab.seq_len}")
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            # Step-by-step GRU decoding is dominated by thread hand-offs: on a busy CPU two
+            # OpenMP threads spin waiting for each other (see train.cpu_threads_for_busy_machine).
+            from .train import cpu_threads_for_busy_machine
+            if cpu_threads_for_busy_machine():
+                torch.set_num_threads(1)
         self.module = module.to(self.device).eval()
         self.vocab = vocab
         self.metadata = metadata or {}
