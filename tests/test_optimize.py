@@ -124,7 +124,7 @@ def test_budget_counts_unique_molecules_and_duplicates_are_free(fake):
     s = table.attrs["summary"]
     assert s["oracle_calls"] == 40 and s["stop_reason"] == "budget"
     assert s["duplicate_decodes"] > 0                        # a 150-molecule library repeats
-    assert s["trials"] == s["duplicate_decodes"] + s["invalid_decodes"] + 40
+    assert s["trials"] == s["duplicate_decodes"] + s["invalid_decodes"] + s["over_budget_decodes"] + 40
     # The custom callable is the score; the table is sorted best first.
     assert table["score"].is_monotonic_decreasing
     assert np.allclose(table["custom_raw"], table["score"])
@@ -180,7 +180,7 @@ def test_outputs_and_in_process_resume(fake, tmp_path):
     objective = Counting()
     optimize(fake, objective, budget=30, sampler="cmaes", batch_size=10, out_dir=out, progress=False)
     first = pd.read_csv(out / "molecules.csv")
-    for name in ("molecules.csv", "top.csv", "summary.json", "curve.png", "study.db", "search_space.npz"):
+    for name in ("molecules.csv", "top.csv", "summary.json", "curve.png", "study.journal", "search_space.npz"):
         assert (out / name).exists(), name
     assert list(first.columns[:3]) == ["oracle_call", "smiles", "score"]
     assert {"feasible", "custom_raw", "custom", "trial", "batch", "worker", "seconds"} <= set(first.columns)
@@ -204,11 +204,40 @@ def test_outputs_and_in_process_resume(fake, tmp_path):
         optimize(fake, "qed", budget=60, sampler="cmaes", out_dir=out, progress=False)
 
 
+@pytest.mark.parametrize("duplicates", ["penalize", "cached"])
+def test_the_study_records_each_trial_and_what_it_was_told(fake, tmp_path, duplicates):
+    import optuna
+
+    out = tmp_path / "run"
+    optimize(fake, "qed", budget=20, sampler="random", batch_size=16, out_dir=out, duplicates=duplicates,
+             progress=False)
+    molecules = pd.read_csv(out / "molecules.csv").set_index("smiles")
+    study = optuna.load_study(study_name="run", storage=opt.open_storage(f"journal:{out / 'study.journal'}", None))
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) >= 20 and len(trials) % 16 == 0      # whole batches, every trial stored
+    repeats = 0
+    for t in trials:
+        smiles = t.user_attrs["smiles"]
+        if smiles is None:
+            assert t.value == 0                                   # invalid decode
+        elif smiles not in molecules.index:
+            assert t.state.name == "FAIL"                         # decoded after the budget ran out
+        elif molecules.loc[smiles, "trial"] == t.number:
+            assert t.value == pytest.approx(molecules.loc[smiles, "score"])
+        else:
+            repeats += 1
+            expected = 0 if duplicates == "penalize" else molecules.loc[smiles, "score"]
+            assert t.value == pytest.approx(expected)
+    assert repeats > 0
+
+
 def test_partial_last_line_is_dropped(fake, tmp_path):
     out = tmp_path / "run"
     optimize(fake, "qed", budget=12, sampler="random", batch_size=6, out_dir=out, progress=False)
     with open(out / "molecules.csv", "a") as fh:
         fh.write("13,CCO,0.4")  # a write cut short by a kill
+    with open(out / "study.journal", "a") as fh:
+        fh.write('{"op_code": 4, "worker_id"')  # and one in the study
     table = optimize(fake, "qed", budget=15, sampler="random", batch_size=6, out_dir=out, progress=False)
     rows = pd.read_csv(out / "molecules.csv")
     assert len(rows) == 15 and rows["smiles"].is_unique and len(table) == 15
@@ -267,7 +296,7 @@ def test_kill_and_resume_loses_nothing_and_never_rescores(fake, tmp_path, sample
     assert set(before["smiles"]) <= set(scored_before)
     import optuna
 
-    study = optuna.load_study(study_name="run", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="run", storage=opt.open_storage(f"journal:{out / 'study.journal'}", None))
     states = {t.state.name for t in study.get_trials(deepcopy=False)}
     assert "RUNNING" not in states
 
