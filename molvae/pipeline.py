@@ -60,6 +60,7 @@ class TrainSection:
     beta: float | None = None           # final KL weight; None: the default
     max_train_molecules: int | None = None
     patience: int = 3
+    model: Any = None                   # table of architecture settings (molvae.model.ModelConfig)
 
 
 @dataclass
@@ -232,6 +233,14 @@ def _check(pipe: Pipeline, base: Path, where: str) -> None:
     for key in ("epochs", "batch_size"):
         if pipe.train is not None and getattr(pipe.train, key) < 1:
             raise MolvaeError(f"{where} [train] {key}: must be >= 1")
+    if pipe.train is not None and pipe.train.model is not None:
+        from .model import ModelConfig
+        if not isinstance(pipe.train.model, dict):
+            raise MolvaeError(f"{where} [train] model: expected a table of ModelConfig settings")
+        known = {f.name for f in fields(ModelConfig)} - {"vocab_size", "seq_len"}
+        for key in pipe.train.model:
+            if key not in known:
+                raise MolvaeError(f"{where} [train] model: unknown key '{key}'{_suggest(key, known)}")
     for sec, key in (("evaluate", "n_samples"), ("sample", "n"), ("optimize", "budget")):
         s = getattr(pipe, sec)
         if s is not None and getattr(s, key) < 1:
@@ -379,7 +388,7 @@ def _stage_train(pipe: Pipeline, d: Path, results: dict, progress: bool) -> dict
     from .train import TrainConfig, train
 
     sec = pipe.train
-    overrides = {}
+    overrides = dict(sec.model or {})
     if sec.latent_dim is not None:
         overrides["latent_dim"] = sec.latent_dim
     if sec.beta is not None:

@@ -24,7 +24,9 @@ epochs = {epochs}
 batch_size = 32
 lr = 0.003
 latent_dim = 8
+beta = 0.01          # a small KL weight keeps z informative, so decodes differ
 patience = 0
+model = {{ embed_dim = 16, enc_hidden = 32, dec_hidden = 64, dec_layers = 1 }}
 """
 
 
@@ -53,6 +55,7 @@ def small_file(tmp_path_factory, train_smiles):
     ("[optimize]\nstart = ['CCO', 'xyz']\n", r"\[optimize\] start\[1\]: 'xyz' is not a valid SMILES"),
     ("seed = 0\n", r"no stage to run"),
     ("[train]\nepochs = 1\n", r"\[train\]: needs a \[data\] section"),
+    ("[data]\n[train]\nmodel = { dec_hiden = 8 }\n", r"\[train\] model: unknown key 'dec_hiden' \(did you mean 'dec_hidden'\?\)"),
     ("[sample]\nn = 5\n[report]\nlatent_propery = 'qed'\n", r"\[report\]: unknown key 'latent_propery'"),
 ])
 def test_validation_errors_name_file_section_and_key(tmp_path, body, message):
@@ -86,59 +89,67 @@ def _wait_for(cond, proc, timeout=300):
     return False
 
 
+def _kill_when(cmd_args, cwd, env, cond):
+    proc = _run(cmd_args, cwd, env)
+    assert _wait_for(cond, proc), proc.communicate()[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _finish(cmd_args, cwd, env):
+    proc = _run(cmd_args, cwd, env)
+    out = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, out
+
+
 def test_kill_during_training_and_optimization_then_resume(tmp_path, small_file):
-    """Kill `molvae run` mid-training and mid-optimization; re-running finishes the pipeline
+    """Kill `molvae run` mid-training and mid-optimization; re-running finishes each pipeline
     with every epoch trained once and every molecule scored once."""
-    budget = 150
-    pipe = write(tmp_path / "p.toml", f"""
-name = "resume"
-run_dir = "{tmp_path / 'run'}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MOLVAE_QUIET": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # 1) training: kill once two epoch checkpoints exist, then resume to the end
+    train_pipe = write(tmp_path / "train.toml", f"""
+run_dir = "{tmp_path / 'train-run'}"
 [data]
 input = "{small_file}"
 valid_fraction = 0.1
 {TINY_TRAIN.format(epochs=6)}
+""")
+    metrics = tmp_path / "train-run" / "train" / "metrics.csv"
+    _kill_when(["-q", "run", str(train_pipe)], tmp_path, env,
+               lambda: metrics.exists() and len(pd.read_csv(metrics)) >= 2)
+    assert not (tmp_path / "train-run" / "train" / "DONE").exists()
+    _finish(["-q", "run", str(train_pipe)], tmp_path, env)
+    assert pd.read_csv(metrics)["epoch"].tolist() == list(range(1, 7))  # each epoch once
+
+    # 2) optimization with the shipped model: kill once some molecules are scored
+    budget = 200
+    opt_pipe = write(tmp_path / "opt.toml", f"""
+run_dir = "{tmp_path / 'opt-run'}"
 [optimize]
 objective = "qed"
 budget = {budget}
 batch_size = 16
 compare_prior = false
 """)
-    run = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MOLVAE_QUIET": "1"}
-    # 1) kill during training, once an epoch checkpoint exists
-    proc = _run(["-q", "run", str(pipe)], tmp_path, env)
-    metrics = run / "train" / "metrics.csv"
-    assert _wait_for(lambda: metrics.exists() and len(pd.read_csv(metrics)) >= 2, proc), proc.communicate()[0]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run / "train" / "DONE").exists()
-    # 2) resume; kill during optimization, once some molecules are scored
-    proc = _run(["-q", "run", str(pipe)], tmp_path, env)
-    molecules = run / "optimize" / "molecules.csv"
+    molecules = tmp_path / "opt-run" / "optimize" / "molecules.csv"
 
     def some_scored():
         try:
-            return molecules.exists() and 20 <= len(pd.read_csv(molecules)) < budget
+            return molecules.exists() and 30 <= len(pd.read_csv(molecules)) < budget
         except (pd.errors.EmptyDataError, pd.errors.ParserError):
             return False
 
-    assert _wait_for(some_scored, proc), proc.communicate()[0]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_when(["-q", "run", str(opt_pipe)], tmp_path, env, some_scored)
     scored_before = set(pd.read_csv(molecules)["smiles"])
-    assert not (run / "optimize" / "DONE").exists()
-    # 3) resume to the end
-    proc = _run(["-q", "run", str(pipe)], tmp_path, env)
-    out = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, out
-    epochs = pd.read_csv(metrics)["epoch"].tolist()
-    assert epochs == list(range(1, 7))                      # every epoch once, none repeated
+    assert not (tmp_path / "opt-run" / "optimize" / "DONE").exists()
+    _finish(["-q", "run", str(opt_pipe)], tmp_path, env)
     table = pd.read_csv(molecules)
     assert table["smiles"].is_unique                       # never re-scored
     assert scored_before <= set(table["smiles"])           # nothing lost
     assert len(table) == budget
     assert sorted(table["oracle_call"]) == list(range(1, budget + 1))
-    assert (run / "optimize" / "DONE").exists() and (run / "train" / "DONE").exists()
+    assert (tmp_path / "opt-run" / "optimize" / "DONE").exists()
 
 
 def test_two_pipelines_one_broken(tmp_path, small_file, capsys):
