@@ -205,7 +205,7 @@ def cpu_threads_for_busy_machine() -> int | None:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores > 1 and load >= cores:
-        log.info("load average %.1f on %d cores: training with 1 CPU thread (set num_threads to override)",
+        log.info("load average %.1f on %d cores: using 1 torch CPU thread (set num_threads to override)",
                  load, cores)
         return 1
     return None
