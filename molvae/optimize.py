@@ -16,9 +16,12 @@ arbitrary box. With a ``lead`` molecule the box is a trust region centred on the
 encoding (its residual outside the ``k`` axes is kept), ±``trust_radius`` sd wide.
 
 *Budget.* The budget counts unique valid molecules scored (the PMO convention). Every scored
-molecule is kept in a dedup cache; a molecule decoded again costs nothing and its trial is
-told the cached score. Invalid decodes (no molecule, or fewer than 2 heavy atoms) are never
-scored, never counted, and are told the objective's infeasible score.
+molecule is kept in a dedup cache; a molecule decoded again costs nothing. Its trial is told
+the infeasible score by default (``duplicates="penalize"``: nothing new was found there;
+told the cached score instead, TPE piles its trials onto the best molecule's cell, 70% of
+them repeats, and stalls), or the cached score with ``duplicates="cached"``. Invalid
+decodes (no molecule, or fewer than 2 heavy atoms) are never scored, never counted, and are
+told the objective's infeasible score.
 
 *Run folder* (``out_dir``)::
 
@@ -70,7 +73,7 @@ import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +91,7 @@ SAMPLERS = ("tpe", "cmaes", "gp", "random", "nsga2")
 #: Chosen by ``molvae bench optimize`` (see the README's optimization table).
 DEFAULT_SAMPLER = "cmaes"
 DEFAULT_MULTI_SAMPLER = "nsga2"
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 32
 DEFAULT_COMPONENTS = 16
 DEFAULT_BOUND = 3.0
 DEFAULT_TRUST_RADIUS = 1.0
@@ -526,6 +529,8 @@ def _coerce(column: str, value: Any) -> Any:
 
 
 def _alive(pid: int) -> bool:
+    """Whether a claimant process still runs. A killed worker whose parent died too may stay
+    a zombie (in a container nobody reaps it): it exists, but it will never write."""
     if pid == os.getpid():
         return True
     try:
@@ -534,7 +539,12 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -634,9 +644,14 @@ def make_sampler(name: str, seed: int, batch_size: int, multi: bool = False):
         return optuna.samplers.CmaEsSampler(seed=seed, popsize=max(batch_size, 4), n_startup_trials=0,
                                             warn_independent_sampling=False)
     if name == "gp":
-        # Greedy decoding and RDKit scores are deterministic: no noise to model.
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
-                                         deterministic_objective=True)
+        import warnings
+
+        # Greedy decoding and RDKit scores are deterministic: no noise to model. (The option
+        # is marked experimental, which is not news for the user of every run.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
+                                             deterministic_objective=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(batch_size, 2))
     return optuna.samplers.RandomSampler(seed=seed)
@@ -1329,9 +1344,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         study = optuna.create_study(sampler=make_sampler(sampler, eff_seed, batch_size, multi),
                                     directions=scorer.directions)
         if persistent is not None:
-            done = shared_study.get_trials(deepcopy=False)
-            study.add_trials(done)
-            _pad_trial_numbers(study, shared_study, mlog)
+            _load_history(study, shared_study, mlog)
         for c in enqueue:
             study.enqueue_trial(dict(zip(space.names, map(float, c))), skip_if_exists=True)
         mirror = _Mirror(shared_study) if persistent is not None else None
@@ -1383,7 +1396,8 @@ def _start_coords(model, space: SearchSpace, smiles: list[str], lead: str | None
         if bad:
             log.warning("%d start molecule(s) cannot be encoded and are skipped, e.g. %s", len(bad), bad[0])
         if not any(ok):
-            raise MolvaeError("none of the start molecules can be encoded by this model: " + "; ".join(bad[:3]))
+            raise MolvaeError("none of the start molecules can be encoded by this model: "
+                              + "; ".join(bad[:3]))
         coords.extend(space.to_coords(mu.detach().cpu().double().numpy()))
     return np.array(coords).reshape(-1, space.k)
 
@@ -1413,18 +1427,28 @@ def _repair_running(study, space: SearchSpace, model, mlog: MoleculeLog, scorer:
         log.info("finished %d trial(s) left running by an interrupted run", len(running) + len(stale))
 
 
-def _pad_trial_numbers(study, persistent, mlog: MoleculeLog) -> None:
-    """If the previous run was killed after writing molecules but before writing their trials,
-    add failed placeholders so new trials do not reuse the numbers in molecules.csv."""
+def _load_history(study, persistent, mlog: MoleculeLog) -> None:
+    """Copy the persistent study's finished trials into the in-memory one, keeping trial
+    numbers identical in both (and in molecules.csv)."""
     import optuna
     from optuna.trial import TrialState
 
-    missing = mlog.max_of("trial") + 1 - len(study.trials)
+    def placeholders(n: int) -> list:
+        return [optuna.trial.create_trial(state=TrialState.FAIL, system_attrs={"molvae:placeholder": True})
+                for _ in range(n)]
+
+    trials = persistent.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state.is_finished():
+            study.add_trial(t)
+        else:  # left WAITING (enqueued by a multi-worker run): keep its number taken here too
+            study.add_trials(placeholders(1))
+    # A run killed after writing molecules but before writing their trials: fill the gap so
+    # new trials do not reuse the numbers molecules.csv already gives.
+    missing = mlog.max_of("trial") + 1 - len(trials)
     if missing > 0:
-        placeholders = [optuna.trial.create_trial(state=TrialState.FAIL, system_attrs={"molvae:lost": True})
-                        for _ in range(missing)]
-        study.add_trials(placeholders)
-        persistent.add_trials(placeholders)
+        study.add_trials(placeholders(missing))
+        persistent.add_trials(placeholders(missing))
 
 
 # ---------------------------------------------------------------------------- worker processes

@@ -25,6 +25,7 @@ from molvae.errors import MolvaeError
 from molvae.optimize import optimize, pareto_mask, sample_prior_baseline, top_k_auc
 
 HERE = Path(__file__).resolve().parent
+LIBRARY_SIZE = 300  # molecules the stand-in model can decode
 
 
 class FakeVAE:
@@ -96,9 +97,15 @@ class Counting:
         return [s for batch in self.calls for s in batch]
 
 
+def _load_study(out: Path):
+    import optuna
+
+    return optuna.load_study(study_name=out.name, storage=opt.open_storage(f"journal:{out / 'study.journal'}", None))
+
+
 @pytest.fixture(scope="module")
 def library(train_smiles):
-    return train_smiles[:150]
+    return train_smiles[:LIBRARY_SIZE]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +130,7 @@ def test_budget_counts_unique_molecules_and_duplicates_are_free(fake):
     assert sorted(table["oracle_call"]) == list(range(1, 41))
     s = table.attrs["summary"]
     assert s["oracle_calls"] == 40 and s["stop_reason"] == "budget"
-    assert s["duplicate_decodes"] > 0                        # a 150-molecule library repeats
+    assert s["duplicate_decodes"] > 0                        # a small library repeats
     assert s["trials"] == s["duplicate_decodes"] + s["invalid_decodes"] + s["over_budget_decodes"] + 40
     # The custom callable is the score; the table is sorted best first.
     assert table["score"].is_monotonic_decreasing
@@ -206,13 +213,11 @@ def test_outputs_and_in_process_resume(fake, tmp_path):
 
 @pytest.mark.parametrize("duplicates", ["penalize", "cached"])
 def test_the_study_records_each_trial_and_what_it_was_told(fake, tmp_path, duplicates):
-    import optuna
-
     out = tmp_path / "run"
     optimize(fake, "qed", budget=20, sampler="random", batch_size=16, out_dir=out, duplicates=duplicates,
              progress=False)
     molecules = pd.read_csv(out / "molecules.csv").set_index("smiles")
-    study = optuna.load_study(study_name="run", storage=opt.open_storage(f"journal:{out / 'study.journal'}", None))
+    study = _load_study(out)
     trials = study.get_trials(deepcopy=False)
     assert len(trials) >= 20 and len(trials) % 16 == 0      # whole batches, every trial stored
     repeats = 0
@@ -254,7 +259,7 @@ KILL_SCRIPT = textwrap.dedent("""
     opt.PCA_MOLECULES = 400
     out = Path({out!r})
     objective = Counting(out.parent / "scored.txt", delay={delay})
-    opt.optimize(FakeVAE(bundled("train")[:150]), objective, budget={budget}, sampler={sampler!r},
+    opt.optimize(FakeVAE(bundled("train")[:{library}]), objective, budget={budget}, sampler={sampler!r},
                  batch_size=8, out_dir=out, workers={workers}, progress=False)
 """)
 
@@ -262,7 +267,7 @@ KILL_SCRIPT = textwrap.dedent("""
 def _run_and_kill(tmp_path: Path, budget: int, sampler: str, workers: int, kill_at: int) -> None:
     out = tmp_path / "run"
     script = KILL_SCRIPT.format(tests=str(HERE), out=str(out), delay=0.15, budget=budget, workers=workers,
-                                sampler=sampler)
+                                sampler=sampler, library=LIBRARY_SIZE)
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "MOLVAE_QUIET": "1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
     deadline = time.time() + 60
@@ -290,13 +295,12 @@ def test_kill_and_resume_loses_nothing_and_never_rescores(fake, tmp_path, sample
     after = pd.read_csv(out / "molecules.csv")
     pd.testing.assert_frame_equal(after.head(len(before)), before)     # nothing lost
     assert not set(objective.scored) & set(before["smiles"])            # nothing re-scored
-    assert len(after) == budget == len(table) and after["smiles"].is_unique
+    assert len(after) == budget == len(table), table.attrs["summary"]["stop_reason"]
+    assert after["smiles"].is_unique
     assert list(after["oracle_call"]) == list(range(1, budget + 1))
     # Everything the killed run scored and wrote is in the final table once.
     assert set(before["smiles"]) <= set(scored_before)
-    import optuna
-
-    study = optuna.load_study(study_name="run", storage=opt.open_storage(f"journal:{out / 'study.journal'}", None))
+    study = _load_study(out)
     states = {t.state.name for t in study.get_trials(deepcopy=False)}
     assert "RUNNING" not in states
 
@@ -345,7 +349,8 @@ def test_start_molecules_are_tried_first(fake):
 def test_multi_objective_pareto_front_is_non_dominated(fake):
     from molvae.scoring import Component, Objective
 
-    objectives = ["qed", Objective([Component("sa", transform={"type": "reverse_sigmoid", "low": 2, "high": 6})])]
+    easy = Objective([Component("sa", transform={"type": "reverse_sigmoid", "low": 2, "high": 6})])
+    objectives = ["qed", easy]
     table = optimize(fake, objectives, budget=40, batch_size=10, progress=False)
     cols = [c for c in table.columns if c.endswith("_score")]
     assert len(cols) == 2 and "score" not in table.columns
@@ -383,23 +388,11 @@ def test_prior_baseline_has_the_same_outputs(fake, tmp_path):
 # ---------------------------------------------------------------------------- a real tiny model
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, train_smiles):
-    from molvae.model import load_model
-    from molvae.train import TrainConfig, train
-
-    d = tmp_path_factory.mktemp("tiny")
-    pd.DataFrame({"smiles": train_smiles[:200]}).to_csv(d / "train.csv", index=False)
-    train(d / "train.csv", d / "model", TrainConfig(
-        epochs=3, batch_size=32, patience=0, warmup_steps=5, num_threads=1,
-        model=dict(embed_dim=16, enc_hidden=32, dec_hidden=64, dec_layers=1, latent_dim=8)))
-    return d / "model", load_model(d / "model", device="cpu")
-
-
-def test_real_model_end_to_end_and_cli(tiny_model, tmp_path, monkeypatch, capsys):
+def test_real_model_end_to_end_and_cli(tiny_model_dir, tiny_model, tmp_path, monkeypatch, capsys):
+    """A real (tiny, undertrained) model from conftest: decode, score, write, CLI."""
     from molvae.cli import main
 
-    path, model = tiny_model
+    path, model = tiny_model_dir, tiny_model
     monkeypatch.setattr(opt, "STALL_BATCHES", 3)  # an undertrained decoder repeats itself
     objective = Counting()
     table = optimize(model, objective, budget=6, sampler="cmaes", batch_size=8, n_components=4,
