@@ -285,19 +285,14 @@ def standardize_many(smiles: Sequence[Any], keep_stereo: bool = True, workers: i
     return parallel_map(fn, smiles, workers=workers, desc="standardize", progress=progress)
 
 
-def _props_row(smiles: str) -> dict[str, float]:
-    return properties(smiles, MAIN_PROPERTIES)
-
-
-def _all_props_row(smiles: str) -> dict[str, float]:
-    return properties(smiles)
-
-
 def properties_many(smiles: Sequence[str], names: Sequence[str] = MAIN_PROPERTIES,
                     workers: int | None = None, progress: bool = True):
-    """A DataFrame of properties, one row per SMILES, computed on all cores."""
+    """A DataFrame of the named properties, one row per SMILES, computed on all cores."""
     import pandas as pd
+    from functools import partial
 
-    fn = _props_row if tuple(names) == MAIN_PROPERTIES else _all_props_row
-    rows = parallel_map(fn, smiles, workers=workers, desc="properties", progress=progress)
-    return pd.DataFrame(rows, columns=list(PROPERTIES) if fn is _all_props_row else list(names))[list(names)]
+    names = tuple(names)
+    # partial of a module-level function pickles, so workers compute only the names asked for
+    rows = parallel_map(partial(properties, names=names), smiles, workers=workers,
+                        desc="properties", progress=progress)
+    return pd.DataFrame(rows, columns=list(names))

@@ -339,7 +339,6 @@ def run_pipeline(pipe: Pipeline, force: bool = False, progress: bool = True) -> 
         (run / "provenance.json").write_text(json.dumps(prov, indent=1))
         log.info("pipeline %s (%s) -> %s on %s", pipe.name, pipe.path, run, prov["device"])
         results: dict[str, Any] = {}
-        ran = []
         for stage in pipe.stages():
             d = run / stage
             d.mkdir(exist_ok=True)
@@ -353,7 +352,6 @@ def run_pipeline(pipe: Pipeline, force: bool = False, progress: bool = True) -> 
             info["seconds"] = round(time.perf_counter() - t0, 2)
             _mark_done(d, info)
             results[stage] = info
-            ran.append(stage)
             log.info("[%s] done in %.1f s", stage, info["seconds"])
         return results
     finally:
