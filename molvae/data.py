@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import chem
 from .errors import MolvaeError
 from .tokens import EncodeError, Vocabulary, smiles_to_selfies
 
@@ -73,6 +72,8 @@ def _read_text(path: Path) -> str:
 
 
 def _looks_like_header(token: str) -> bool:
+    from . import chem
+
     return token in SMILES_COLUMN_NAMES or chem.to_mol(token) is None
 
 
@@ -142,6 +143,8 @@ def bundled(name: str = "train") -> list[str]:
 
 
 def _standardize_encode(text: str, keep_stereo: bool = True) -> tuple[str | None, str | None, str | None]:
+    from . import chem
+
     smi, reason = chem.standardize(text, keep_stereo)
     if smi is None:
         return None, None, reason
@@ -234,6 +237,8 @@ def prepare(
     table, col = read_smiles_table(input_path, smiles_column)
     n_in = len(table)
     texts = table[col].tolist()
+    from . import chem  # imported here so that loading prepared data (training) needs no RDKit
+
     fn = _standardize_encode if keep_stereo else _standardize_encode_nostereo
     results = chem.parallel_map(fn, texts, workers=workers, desc="standardize+encode", progress=progress)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import selfies as sf
 
-from .chem import canonical
 from .errors import MolvaeError
 
 PAD, BOS, EOS = "[pad]", "[bos]", "[eos]"
@@ -170,4 +169,6 @@ class Vocabulary:
 
     def decode(self, ids: Iterable[int]) -> str | None:
         """Canonical SMILES of an id sequence, or ``None`` if it decodes to nothing valid."""
+        from .chem import canonical  # lazy: loading a vocabulary or training needs no RDKit
+
         return canonical(selfies_to_smiles(self.decode_selfies(ids)))
