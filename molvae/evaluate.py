@@ -33,12 +33,17 @@ def active_units(model: MolVAE, smiles: list[str], threshold: float = 0.01) -> i
 
 def evaluate_model(model: MolVAE, n_samples: int = 30000, train: list[str] | None = None,
                    seed: int = 0, temperature: float = 1.0, reconstruction_molecules: int = 1000,
-                   out_dir: str | os.PathLike | None = None) -> dict:
+                   out_dir: str | os.PathLike | None = None, test="test", test_scaffolds="test_scaffolds",
+                   n_jobs: int | None = None, device: str | None = "auto",
+                   samples_csv: str | os.PathLike | None = None) -> dict:
     """MOSES metrics of ``n_samples`` prior samples plus reconstruction and active units.
 
     ``train`` (SMILES) is the novelty reference (default: the bundled 100k MOSES sample; pass
-    the model's full training set for the MOSES novelty figure). Writes ``metrics.json`` and
-    ``samples.csv`` into ``out_dir`` when given.
+    the model's full training set for the MOSES novelty figure). ``test``/``test_scaffolds``,
+    ``n_jobs`` and ``device`` go to :func:`molvae.metrics.moses_metrics`; reconstruction and
+    active units are measured on ``reconstruction_molecules`` molecules of ``test`` (the
+    bundled MOSES test set unless a list of SMILES is given). Writes ``metrics.json`` and
+    ``samples.csv`` into ``out_dir`` when given, and the samples to ``samples_csv``.
     """
     from .metrics import moses_metrics
 
@@ -46,17 +51,21 @@ def evaluate_model(model: MolVAE, n_samples: int = 30000, train: list[str] | Non
     train = train if train is not None else bundled("train")
     table = sample(model, n_samples, seed=seed, temperature=temperature, training=None, properties=False)
     generated = [s if v else None for s, v in zip(table["smiles"], table["valid"])]
-    metrics = moses_metrics(generated, train=train)
-    test = bundled("test")
+    metrics = moses_metrics(generated, train=train, test=test, test_scaffolds=test_scaffolds,
+                            n_jobs=n_jobs, device=device)
+    pool = list(test) if isinstance(test, (list, tuple)) else bundled("test")
     g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(test), generator=g)[:reconstruction_molecules].tolist()
-    subset = [test[i] for i in pick]
+    pick = torch.randperm(len(pool), generator=g)[:reconstruction_molecules].tolist()
+    subset = [pool[i] for i in pick]
     rec = reconstruct(model, subset)
     metrics["reconstruction"] = reconstruction_rate(rec)
     metrics["active_units"] = active_units(model, subset)
     metrics["latent_dim"] = model.latent_dim
     metrics["n_samples"] = n_samples
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    if samples_csv is not None:
+        Path(samples_csv).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(samples_csv, index=False)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

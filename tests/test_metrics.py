@@ -7,6 +7,7 @@ import json
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from rdkit import DataStructs
 
@@ -200,3 +201,21 @@ def test_evaluate_command_writes_json(tmp_path, test_smiles, capsys):
     assert result["SNN/Test"] == pytest.approx(1.0) and "SNN/TestSF" not in result
     assert "FCD/Test" in capsys.readouterr().out
     assert main(["evaluate", "--generated", str(tmp_path / "missing.csv")]) == 1
+
+
+def test_evaluate_command_samples_a_model(tmp_path, tiny_model_dir, test_smiles, capsys):
+    ref = tmp_path / "ref.csv"
+    ref.write_text("SMILES\n" + "\n".join(test_smiles[:150]) + "\n")
+    out, samples = tmp_path / "m.json", tmp_path / "s.csv"
+    rc = main(["evaluate", "--model", str(tiny_model_dir), "-n", "200", "--test", str(ref),
+               "--test-scaffolds", "none", "--out", str(out), "--samples-out", str(samples),
+               "--device", "cpu"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    table = pd.read_csv(samples)
+    assert len(table) == 200 and result["n_samples"] == 200
+    assert result["valid"] == pytest.approx(table["valid"].mean())
+    assert 0 <= result["reconstruction"] <= 1 and 0 <= result["active_units"] <= result["latent_dim"]
+    assert "Novelty" in result and "FCD/Test" in result  # novelty against the bundled training sample
+    assert "reconstruction" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--generated", str(samples)]) == 1
