@@ -318,9 +318,17 @@ def test_example_objective_files_load_and_score(path):
     assert table["score"].notna().all()
 
 
-def test_drug_like_file_matches_preset():
+@pytest.mark.parametrize("name", ["drug_like", "drug_profile"])
+def test_objective_file_matches_preset(name):
     molecules = [ASPIRIN, CAFFEINE, CELECOXIB, NITROBENZENE]
-    assert load_objective(OBJECTIVES / "drug_like.toml")(molecules) == preset("drug_like")(molecules)
+    assert load_objective(OBJECTIVES / f"{name}.toml")(molecules) == preset(name)(molecules)
+
+
+def test_drug_profile_prefers_the_profile():
+    # Celecoxib (MW 381, logP 3.5, TPSA 78) sits inside the profile; aspirin (MW 180) and
+    # caffeine (logP -1) each miss a window.
+    celecoxib, aspirin, caffeine = preset("drug_profile")([CELECOXIB, ASPIRIN, CAFFEINE])
+    assert celecoxib > 0.5 > max(aspirin, caffeine)
 
 
 # ---------------------------------------------------------------------------- multi-objective
