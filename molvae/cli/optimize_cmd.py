@@ -52,8 +52,8 @@ def register(sub, bench) -> None:
     b.add_argument("--model", default=None, help=MODEL_HELP)
     b.add_argument("--device", default="auto")
     b.add_argument("--tasks", default=None,
-                   help="comma-separated, from: qed, plogp, plogp_sim0.4, plogp_sim0.6, drug_like, "
-                        "celecoxib (default: all)")
+                   help="comma-separated, from: qed, plogp, plogp_sim0.4, plogp_sim0.6, drug_profile, "
+                        "drug_like, celecoxib (default: all)")
     b.add_argument("--samplers", default="tpe,cmaes,gp,random", help="comma-separated samplers")
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--budgets", default="1000,10000", help="comma-separated oracle budgets")
