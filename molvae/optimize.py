@@ -619,6 +619,30 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- samplers
 
 
+def _recent_cmaes_sampler(window: int, **kwargs):
+    """Optuna's CMA-ES sampler, looking at the newest ``window`` trials only.
+
+    Its state lives in the newest trials (the pickled optimizer on the trial that started the
+    current generation, and that generation's results), yet every ask scans and filters all
+    trials of the study: O(n) per trial, O(n²) per run, most of the optimizer overhead at
+    10,000 calls. Giving it the tail of the trial list instead leaves every sample the same
+    (``tests/test_optimize.py`` checks the parameters match Optuna's sampler trial for
+    trial) as long as a generation's trials fit in the window.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    class RecentCmaEsSampler(optuna.samplers.CmaEsSampler):
+        def _get_trials(self, study):
+            try:
+                trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+            except AttributeError:  # a future Optuna without these internals: the full scan
+                return super()._get_trials(study)
+            return [t for t in trials[-window:] if t.state == TrialState.COMPLETE]
+
+    return RecentCmaEsSampler(**kwargs)
+
+
 def make_sampler(name: str, seed: int, batch_size: int, multi: bool = False):
     """An Optuna sampler configured for batched latent search.
 
@@ -649,8 +673,9 @@ def make_sampler(name: str, seed: int, batch_size: int, multi: bool = False):
         # of the box width: 1 sd of the encoded data in the default ±3 sd box.
         # The first generation is sampled uniformly (no completed trials yet): expected, not
         # worth a warning per parameter.
-        return optuna.samplers.CmaEsSampler(seed=seed, popsize=max(batch_size, 4), n_startup_trials=0,
-                                            warn_independent_sampling=False)
+        popsize = max(batch_size, 4)
+        return _recent_cmaes_sampler(window=max(8 * popsize, 256), seed=seed, popsize=popsize,
+                                     n_startup_trials=0, warn_independent_sampling=False)
     if name == "gp":
         import warnings
 
