@@ -1054,10 +1054,13 @@ def _search(model, proposer, scorer: _Scorer, mlog: MoleculeLog, settings: _Sett
             stats.batches += 1
             stalled = 0 if new else stalled + 1
             batch += 1
-            bar.update(min(len(new), max(0, settings.budget - bar.n)))
+            # The postfix first: update() draws the bar, so the last batch's best is shown.
+            stopper.update(mlog.scores)
             if stopper.best > -math.inf:
                 bar.set_postfix(best=f"{stopper.best:.3f}", refresh=False)
+            bar.update(min(len(new), max(0, settings.budget - bar.n)))
     finally:
+        bar.refresh()  # update() skips redraws within mininterval: show the final best
         bar.close()
     return stats, reason
 
