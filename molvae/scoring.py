@@ -966,6 +966,15 @@ def load_objective(path: str | Path) -> Objective:
 # ---------------------------------------------------------------------------- presets
 
 #: Named objectives, as TOML-shaped dicts. Also ``similarity:<SMILES>`` (see :func:`preset`).
+# The structural-alert part of the drug-likeness presets. Brenk flags many marketed drugs
+# (aspirin's phenol ester), so it only lowers the score: 1 alert -> 0.95, 2 -> 0.5; PAINS
+# (assay interference) makes a molecule infeasible.
+_ALERT_COMPONENTS: tuple[dict[str, Any], ...] = (
+    {"property": "alerts", "name": "brenk", "catalogs": ["brenk"],
+     "transform": {"type": "reverse_sigmoid", "low": 0, "high": 4}},
+    {"property": "alerts", "name": "pains", "catalogs": ["pains"], "filter": True},
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "qed": {
         "description": "QED drug-likeness (RDKit); saturates at about 0.948",
@@ -997,11 +1006,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"property": "tpsa", "transform": {"type": "double_sigmoid", "low": 20, "high": 140,
                                                "coef_div": 100, "coef_si": 5, "coef_se": 5}},
             {"property": "sa", "transform": {"type": "reverse_sigmoid", "low": 3, "high": 7}},
-            # Brenk flags many marketed drugs (aspirin's phenol ester), so it only lowers the
-            # score: 1 alert -> 0.95, 2 -> 0.5.
-            {"property": "alerts", "name": "brenk", "catalogs": ["brenk"],
-             "transform": {"type": "reverse_sigmoid", "low": 0, "high": 4}},
-            {"property": "alerts", "name": "pains", "catalogs": ["pains"], "filter": True},
+            *_ALERT_COMPONENTS,
         ],
     },
     "drug_profile": {
@@ -1019,9 +1024,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"property": "tpsa", "transform": {"type": "double_sigmoid", "low": 60, "high": 100,
                                                "coef_div": 100, "coef_si": 5, "coef_se": 5}},
             {"property": "sa", "transform": {"type": "reverse_sigmoid", "low": 1.5, "high": 4}},
-            {"property": "alerts", "name": "brenk", "catalogs": ["brenk"],
-             "transform": {"type": "reverse_sigmoid", "low": 0, "high": 4}},
-            {"property": "alerts", "name": "pains", "catalogs": ["pains"], "filter": True},
+            *_ALERT_COMPONENTS,
         ],
     },
     "celecoxib_rediscovery": {
