@@ -100,7 +100,7 @@ SAMPLERS = ("tpe", "cmaes", "gp", "random", "nsga2")
 #: The winner of ``molvae bench optimize`` (see the module docstring).
 DEFAULT_SAMPLER = "cmaes"
 DEFAULT_MULTI_SAMPLER = "nsga2"
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = 16
 DEFAULT_COMPONENTS = 16
 DEFAULT_BOUND = 3.0
 DEFAULT_TRUST_RADIUS = 1.0
@@ -620,35 +620,13 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- samplers
 
 
-def _recent_cmaes_sampler(window: int, **kwargs):
-    """Optuna's CMA-ES sampler, looking at the newest ``window`` trials only.
-
-    Its state lives in the newest trials (the pickled optimizer on the trial that started the
-    current generation, and that generation's results), yet every ask scans and filters all
-    trials of the study: O(n) per trial, O(n²) per run, most of the optimizer overhead at
-    10,000 calls. Giving it the tail of the trial list instead leaves every sample the same
-    (``tests/test_optimize.py`` checks the parameters match Optuna's sampler trial for
-    trial) as long as a generation's trials fit in the window.
-    """
-    import optuna
-    from optuna.trial import TrialState
-
-    class RecentCmaEsSampler(optuna.samplers.CmaEsSampler):
-        def _get_trials(self, study):
-            try:
-                trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-            except AttributeError:  # a future Optuna without these internals: the full scan
-                return super()._get_trials(study)
-            return [t for t in trials[-window:] if t.state == TrialState.COMPLETE]
-
-    return RecentCmaEsSampler(**kwargs)
-
-
-def make_sampler(name: str, seed: int, batch_size: int, multi: bool = False):
+def make_sampler(name: str, seed: int, batch_size: int, multi: bool = False,
+                 search_space: dict | None = None, stream: int = 0):
     """An Optuna sampler configured for batched latent search.
 
     ``tpe``: multivariate TPE with the constant liar, so one batch's asks spread out (MOTPE
-    for a multi-objective); ``cmaes``: CMA-ES with one generation per batch; ``gp``:
+    for a multi-objective); ``cmaes``: :class:`molvae.samplers.BatchCmaEsSampler` over
+    ``search_space`` with one generation per batch (``stream`` tells workers apart); ``gp``:
     Optuna's GP-BO (logEI; batches by conditioning on the pending trials); ``random``:
     uniform in the box; ``nsga2``: NSGA-II with one generation per batch.
     """
@@ -667,16 +645,16 @@ def make_sampler(name: str, seed: int, batch_size: int, multi: bool = False):
                                           n_startup_trials=startup)
     if name == "cmaes":
         try:
-            import cmaes  # noqa: F401  (Optuna's CmaEsSampler needs it)
+            import cmaes  # noqa: F401
         except ImportError:
             raise MolvaeError("the cmaes sampler needs the 'cmaes' package: pip install cmaes") from None
-        # Optuna starts from the box centre (the data mean, or the lead) with sigma0 = a sixth
-        # of the box width: 1 sd of the encoded data in the default ±3 sd box.
-        # The first generation is sampled uniformly (no completed trials yet): expected, not
-        # worth a warning per parameter.
-        popsize = max(batch_size, 4)
-        return _recent_cmaes_sampler(window=max(8 * popsize, 256), seed=seed, popsize=popsize,
-                                     n_startup_trials=0, warn_independent_sampling=False)
+        if search_space is None:
+            return None  # validation only: the caller passes the box to build one
+        from .samplers import BatchCmaEsSampler
+
+        # Starts from the box centre (the data mean, or the lead) with sigma0 = a sixth of
+        # the box width: 1 sd of the encoded data in the default ±3 sd box.
+        return BatchCmaEsSampler(search_space, popsize=max(batch_size, 2), seed=seed, stream=stream)
     if name == "gp":
         import warnings
 
@@ -1263,7 +1241,8 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
             sd around its encoding, and molecules with Tanimoto similarity (Morgan radius 2,
             2048 bits) below ``similarity_threshold`` (default 0.4) are infeasible.
         scaffold: SMARTS every feasible molecule must contain.
-        storage: Optuna storage (see :func:`open_storage`); default SQLite in ``out_dir``.
+        storage: Optuna storage (see :func:`open_storage`); default the journal file
+            ``study.journal`` in ``out_dir``.
         workers: worker processes sharing the study and the molecule log (needs ``out_dir``).
         time_limit, target, patience: stop after this many seconds (this call), once the best
             score reaches ``target``, or after ``patience`` oracle calls without a new best.
@@ -1378,7 +1357,8 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         n_trials_before = len(shared_study.get_trials(deepcopy=False))
     if workers == 1:
         eff_seed = _resume_seed(seed, n_trials_before)
-        study = optuna.create_study(sampler=make_sampler(sampler, eff_seed, batch_size, multi),
+        study = optuna.create_study(sampler=make_sampler(sampler, eff_seed, batch_size, multi,
+                                                              space.distributions()),
                                     directions=scorer.directions)
         if persistent is not None:
             _load_history(study, shared_study, mlog)
@@ -1505,7 +1485,8 @@ def _worker_main(index: int, queue) -> None:
         seed = _resume_seed(job["seed"] + 7919 * index, job["n_trials_before"])
         study = optuna.load_study(study_name=job["name"], storage=storage,
                                   sampler=make_sampler(job["sampler"], seed, job["settings"].batch_size,
-                                                       job["multi"]))
+                                                       job["multi"], job["space"].distributions(),
+                                                       stream=index))
         mlog = MoleculeLog(job["out"] / MOLECULES_FILE, job["columns"], job["value_columns"], shared=True)
         settings = job["settings"]
         settings = _Settings(settings.budget, settings.batch_size, settings.time_limit, settings.target,

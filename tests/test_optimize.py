@@ -281,9 +281,18 @@ def _run_and_kill(tmp_path: Path, budget: int, sampler: str, workers: int, kill_
 
 
 @pytest.mark.parametrize("sampler,workers", [("cmaes", 1), ("random", 2)])
-def test_kill_and_resume_loses_nothing_and_never_rescores(fake, tmp_path, sampler, workers):
+def test_kill_and_resume_loses_nothing_and_never_rescores(fake, tmp_path, sampler, workers, monkeypatch):
     budget = 48
     _run_and_kill(tmp_path, budget, sampler, workers, kill_at=16)
+    if workers == 1:
+        # Resuming reads the study file: nothing in it may be unpickled (it could run code).
+        import pickle
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("unpickled while resuming")
+
+        monkeypatch.setattr(pickle, "loads", refuse)
+        monkeypatch.setattr(pickle, "load", refuse)
     out = tmp_path / "run"
     before = pd.read_csv(out / "molecules.csv")
     assert 16 <= len(before) < budget
@@ -409,34 +418,3 @@ def test_real_model_end_to_end_and_cli(tiny_model_dir, tiny_model, tmp_path, mon
     printed = capsys.readouterr().out
     assert "molecules scored" in printed and "smiles" in printed
     assert (tmp_path / "cli" / "curve.png").exists()
-
-
-def test_recent_trials_cmaes_samples_exactly_as_optunas():
-    # The windowed CMA-ES (O(1) per ask instead of O(n)) must propose the same points as
-    # Optuna's own sampler, batch after batch, including generations with failed trials.
-    import optuna
-    from optuna.trial import TrialState
-
-    from molvae.optimize import _recent_cmaes_sampler
-
-    def run(sampler):
-        study = optuna.create_study(sampler=sampler, direction="maximize")
-        space = {f"x{i}": optuna.distributions.FloatDistribution(-3, 3) for i in range(6)}
-        params = []
-        for batch in range(40):
-            trials = [study.ask(space) for _ in range(8)]
-            for j, t in enumerate(trials):
-                x = np.array([t.params[f"x{i}"] for i in range(6)])
-                params.append(x)
-                if (batch * 8 + j) % 13 == 0:
-                    study.tell(t, state=TrialState.FAIL)
-                else:
-                    study.tell(t, -float(((x - 1.0) ** 2).sum()))
-        return np.array(params), study.best_value
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    kw = dict(seed=3, popsize=8, n_startup_trials=0, warn_independent_sampling=False)
-    ours, best_ours = run(_recent_cmaes_sampler(window=64, **kw))
-    theirs, best_theirs = run(optuna.samplers.CmaEsSampler(**kw))
-    assert np.array_equal(ours, theirs) and best_ours == best_theirs
-    assert best_ours > -0.5  # it did optimize: the optimum is 0 at x = 1
