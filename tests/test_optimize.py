@@ -314,14 +314,20 @@ def test_kill_and_resume_loses_nothing_and_never_rescores(fake, tmp_path, sample
     assert "RUNNING" not in states
 
 
-def test_workers_share_one_log_without_rescoring(fake, tmp_path):
+@pytest.mark.parametrize("sampler", ["random", "cmaes"])
+def test_workers_share_one_log_without_rescoring(fake, tmp_path, sampler):
     log_path = tmp_path / "scored.txt"
     objective = Counting(log_path)
-    table = optimize(fake, objective, budget=40, sampler="random", batch_size=8, out_dir=tmp_path / "w",
+    table = optimize(fake, objective, budget=40, sampler=sampler, batch_size=8, out_dir=tmp_path / "w",
                      workers=2, progress=False)
     scored = log_path.read_text().split()   # written by both worker processes
     assert len(scored) == len(set(scored)) == 40
     assert len(table) == 40 and set(table["worker"]) == {0, 1}
+    if sampler == "cmaes":  # one CMA-ES per worker, told apart by their stream
+        from molvae.samplers import ATTR
+
+        streams = {t.system_attrs[ATTR][0] for t in _load_study(tmp_path / "w").trials if ATTR in t.system_attrs}
+        assert streams == {0, 1}
 
 
 # ---------------------------------------------------------------------------- lead, start, Pareto

@@ -32,7 +32,8 @@ def register(sub, bench) -> None:
                    help=f"with --lead: Tanimoto floor, Morgan r2 2048 bits (default {DEFAULT_SIMILARITY})")
     p.add_argument("--scaffold", default=None, help="SMARTS every feasible molecule must contain")
     p.add_argument("--storage", default=None,
-                   help="Optuna storage: an RDB URL, journal:PATH or memory (default: sqlite OUT/study.db)")
+                   help="Optuna storage: an RDB URL (sqlite:///study.db, postgresql://...), "
+                        "journal:PATH or memory (default: the journal file OUT/study.journal)")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--target", type=float, default=None, help="stop when the best score reaches this")
