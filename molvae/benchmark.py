@@ -29,6 +29,7 @@ top-1, top-10 mean and wall time. Tasks:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -169,6 +170,10 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
 
     ``constrained_samplers`` defaults to the default sampler and ``random`` (the per-molecule
     runs are many and short; the GP sampler's cubic cost does not pay there).
+
+    With ``out``, each finished run is appended to ``<out>.runs.jsonl`` as it ends; running
+    the same benchmark again (same model and settings) skips the runs found there, so an
+    interrupted benchmark resumes. Delete the file to measure again.
     """
     tasks = list(tasks or TASKS)
     unknown = [t for t in tasks if t not in TASKS]
@@ -178,14 +183,24 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
         raise MolvaeError("bench optimize: seeds and budgets must be >= 1")
     if constrained_samplers is None:
         constrained_samplers = list(dict.fromkeys([DEFAULT_SAMPLER, "random"]))
+    n_components = n_components or min(DEFAULT_COMPONENTS, model.latent_dim)
+    settings = {"model": model_fingerprint(model), "batch_size": batch_size, "n_components": n_components,
+                "time_limit": time_limit, "constrained_molecules": constrained_molecules,
+                "constrained_budget": constrained_budget}
+    done = _Checkpoint(Path(out).with_suffix(".runs.jsonl") if out is not None else None, settings)
     runs, constrained = [], []
     started = time.perf_counter()
     for name in tasks:
         task = TASKS[name]
         if task.similarity is not None:
-            starts = lowest_plogp_molecules(model, constrained_molecules)
+            starts = None
             for sampler in constrained_samplers:
                 for seed in range(seeds):
+                    if (row := done.get(name, sampler, constrained_budget, seed)) is not None:
+                        constrained.append(row)
+                        continue
+                    if starts is None:
+                        starts = lowest_plogp_molecules(model, constrained_molecules)
                     t = time.perf_counter()
                     per = constrained_improvement(model, starts, task.similarity, constrained_budget,
                                                   sampler, seed, n_components=n_components,
@@ -201,25 +216,30 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
                         "improvement_all_mean": float(per["improvement"].clip(lower=0).fillna(0).mean()),
                         "mean_similarity": float(ok["similarity"].mean()) if len(ok) else math.nan,
                         "wall_s": round(time.perf_counter() - t, 2)})
+                    done.add(name, sampler, constrained_budget, seed, constrained[-1])
                     log.info("%s %s seed %d: success %.2f", name, sampler, seed, constrained[-1]["success_rate"])
             continue
         for budget in budgets:
             for seed in range(seeds):
-                s = sample_prior_baseline(model, task.objective, budget=budget, seed=seed,
-                                          time_limit=time_limit, progress=progress).attrs["summary"]
-                runs.append(_summary_row(name, "prior", budget, seed, s))
-                for sampler in samplers:
-                    s = optimize(model, task.objective, budget=budget, sampler=sampler, seed=seed,
-                                 batch_size=batch_size, n_components=n_components, time_limit=time_limit,
-                                 progress=progress).attrs["summary"]
-                    runs.append(_summary_row(name, sampler, budget, seed, s))
-                    log.info("%s %s budget %d seed %d: AUC top-10 %.4f", name, sampler, budget, seed,
+                for method in ["prior", *samplers]:
+                    if (row := done.get(name, method, budget, seed)) is not None:
+                        runs.append(row)
+                        continue
+                    if method == "prior":
+                        s = sample_prior_baseline(model, task.objective, budget=budget, seed=seed,
+                                                  time_limit=time_limit, progress=progress).attrs["summary"]
+                    else:
+                        s = optimize(model, task.objective, budget=budget, sampler=method, seed=seed,
+                                     batch_size=batch_size, n_components=n_components, time_limit=time_limit,
+                                     progress=progress).attrs["summary"]
+                    runs.append(_summary_row(name, method, budget, seed, s))
+                    done.add(name, method, budget, seed, runs[-1])
+                    log.info("%s %s budget %d seed %d: AUC top-10 %.4f", name, method, budget, seed,
                              s["auc_top10"])
     runs_df = pd.DataFrame(runs, columns=RUN_COLUMNS)
     table = _aggregate(runs_df)
     cons_df = pd.DataFrame(constrained)
-    n_components = n_components or min(DEFAULT_COMPONENTS, model.latent_dim)
-    info = {"model": model_fingerprint(model), "latent_dim": model.latent_dim, "device": str(model.device),
+    info = {"model": settings["model"], "latent_dim": model.latent_dim, "device": str(model.device),
             "torch_threads": _threads(), "machine": platform.machine(), "seeds": seeds,
             "budgets": list(budgets), "batch_size": batch_size, "n_components": n_components,
             "wall_s": round(time.perf_counter() - started, 1)}
@@ -232,6 +252,41 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
         if len(cons_df):
             cons_df.to_csv(out.with_name(out.stem + "_constrained.csv"), index=False)
     return BenchResult(runs_df, table, cons_df, md)
+
+
+class _Checkpoint:
+    """Finished runs, one JSON line each, keyed by (task, method, budget, seed) and tied to the
+    model and settings they ran with; lines from other settings are ignored."""
+
+    def __init__(self, path: Path | None, settings: dict):
+        self.path = path
+        self.settings = settings
+        self.rows: dict[tuple, dict] = {}
+        if path is None or not path.exists():
+            return
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                if isinstance(rec, dict) and rec.get("settings") == settings and isinstance(rec.get("row"), dict):
+                    self.rows[tuple(rec.get("key", ()))] = rec["row"]
+        if self.rows:
+            log.warning("%s: %d finished run(s) reused; delete the file to measure them again",
+                        path, len(self.rows))
+
+    def get(self, task: str, method: str, budget: int, seed: int) -> dict | None:
+        return self.rows.get((task, method, budget, seed))
+
+    def add(self, task: str, method: str, budget: int, seed: int, row: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rec = {"key": [task, method, budget, seed], "settings": self.settings, "row": row}
+        with open(self.path, "a+b") as fh:
+            torn = fh.tell() > 0 and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n"
+            fh.write((("\n" if torn else "") + json.dumps(rec, default=float) + "\n").encode())
 
 
 def _threads() -> int:

@@ -424,3 +424,40 @@ def test_real_model_end_to_end_and_cli(tiny_model_dir, tiny_model, tmp_path, mon
     printed = capsys.readouterr().out
     assert "molecules scored" in printed and "smiles" in printed
     assert (tmp_path / "cli" / "curve.png").exists()
+
+
+def test_bench_optimize_table_and_resume(fake, tmp_path, monkeypatch):
+    from molvae import benchmark
+
+    out = tmp_path / "bench.md"
+    first = benchmark.benchmark_optimize(fake, tasks=["qed", "celecoxib"], samplers=["cmaes", "random"],
+                                         seeds=2, budgets=[24], batch_size=8, out=out, progress=False)
+    runs = first.runs
+    assert len(runs) == 2 * 3 * 2  # tasks x (prior + 2 samplers) x seeds
+    assert set(runs["method"]) == {"prior", "cmaes", "random"} and (runs["oracle_calls"] == 24).all()
+    assert (runs["auc_top10"] > 0).all() and (runs["auc_top10"] <= runs["top10_mean"] + 1e-9).all()
+    assert "| qed | 24 | cmaes |" in first.markdown and out.exists() and out.with_suffix(".csv").exists()
+
+    # An interrupted benchmark: the last finished run is lost; only it runs again.
+    checkpoint = out.with_suffix(".runs.jsonl")
+    lines = checkpoint.read_text().splitlines()
+    assert len(lines) == 12
+    checkpoint.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # and a torn last line
+    calls = []
+    real = benchmark.optimize
+    monkeypatch.setattr(benchmark, "optimize", lambda *a, **k: calls.append(k) or real(*a, **k))
+    again = benchmark.benchmark_optimize(fake, tasks=["qed", "celecoxib"], samplers=["cmaes", "random"],
+                                         seeds=2, budgets=[24], batch_size=8, out=out, progress=False)
+    assert len(calls) == 1 and calls[0]["sampler"] == "random" and calls[0]["seed"] == 1
+    pd.testing.assert_frame_equal(again.runs.drop(columns=["wall_s", "calls_per_s", "overhead_fraction",
+                                                           "decode_s", "score_s", "sampler_s"]),
+                                  runs.drop(columns=["wall_s", "calls_per_s", "overhead_fraction",
+                                                     "decode_s", "score_s", "sampler_s"]))
+    calls.clear()
+    benchmark.benchmark_optimize(fake, tasks=["qed", "celecoxib"], samplers=["cmaes", "random"],
+                                 seeds=2, budgets=[24], batch_size=8, out=out, progress=False)
+    assert calls == []  # everything reused, the re-measured run included
+    # Other settings measure afresh.
+    benchmark.benchmark_optimize(fake, tasks=["qed"], samplers=["random"], seeds=1, budgets=[24],
+                                 batch_size=4, out=out, progress=False)
+    assert len(calls) == 1
