@@ -23,14 +23,13 @@ them repeats, and stalls), or the cached score with ``duplicates="cached"``. Inv
 decodes (no molecule, or fewer than 2 heavy atoms) are never scored, never counted, and are
 told the objective's infeasible score.
 
-*Samplers.* CMA-ES is the default: with the shipped model at a budget of 1000 it had the
-best AUC top-10 on every task of ``molvae bench optimize`` (3 seeds; celecoxib rediscovery
-0.334 against 0.264 for prior sampling, penalized logP 2.92 against 2.36, the drug_profile
-objective 0.784 against 0.706, QED 0.894 against 0.891, which saturates at 0.948). Batches of
-32 beat 64 (more CMA-ES generations per budget). TPE and the GP sampler spend minutes per
-thousand trials in the sampler (measured with the first model: TPE matched CMA-ES on QED
-but took 230 s, GP 450 s, CMA-ES 2.5 s): they suit expensive objectives only. Optuna's
-CMA-ES scans every trial per ask; :func:`_recent_cmaes_sampler` gives it the newest ones.
+*Samplers.* CMA-ES (:class:`molvae.samplers.BatchCmaEsSampler`, one generation per batch) is
+the default: with the shipped model it had the best AUC top-10 of the fast samplers on every
+task of ``molvae bench optimize`` (README: 3 seeds at 1,000 and 10,000 calls). Batches of 16
+beat 32 at 1,000 calls (celecoxib 0.370 vs 0.339, penalized logP 3.17 vs 2.85, drug_profile
+0.795 vs 0.781; 3 seeds) and tie at 10,000, where they decode more slowly (smaller batches).
+TPE and the GP sampler spend seconds to minutes per thousand trials in the sampler, a cost
+that grows with the trials: they suit expensive objectives and small budgets.
 
 *Run folder* (``out_dir``)::
 
@@ -52,13 +51,15 @@ CMA-ES scans every trial per ask; :func:`_recent_cmaes_sampler` gives it the new
 
 *Resume.* Re-running the same call with the same ``out_dir`` reloads ``molecules.csv`` into
 the dedup cache (nothing is scored twice, ``oracle_call`` numbering continues) and the
-trials into the sampler; the budget is the total over all runs.
+trials into the sampler (CMA-ES replays its generations; nothing in the study file is
+unpickled); the budget is the total over all runs.
 
 *Storage.* With one worker the sampler works on an in-memory copy of the study, and a
 background thread copies each finished batch to the persistent storage. The default is a
-journal file rather than SQLite: Optuna's SQLite storage spends 70-90 ms of CPU per trial
-on SQLAlchemy statements here (measured on a busy 2-core machine), the journal 8 ms, and
-either would otherwise dominate a cheap objective; any RDB URL still works. With
+journal file rather than SQLite: Optuna's SQLite storage spends 16 ms of CPU per trial on
+SQLAlchemy statements (one query and flush per parameter; 70-90 ms on a busy machine), the
+journal 0.5 ms, and the writer thread shares the interpreter with the search loop; any RDB
+URL still works. With
 ``workers > 1`` every worker process asks and tells on the shared storage directly, as
 Optuna's distributed optimization does, and the workers share one ``molecules.csv`` under a
 file lock, claiming each new molecule before scoring it so that no molecule is ever scored
