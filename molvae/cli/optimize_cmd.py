@@ -65,7 +65,9 @@ def register(sub, bench) -> None:
                    help="starting molecules of the similarity-constrained task")
     b.add_argument("--constrained-budget", type=int, default=100, help="oracle calls per starting molecule")
     b.add_argument("--time-limit", type=float, default=None, help="per run, seconds (slow samplers)")
-    b.add_argument("--out", default="bench_optimize.md", help="Markdown table; a .csv is written beside it")
+    b.add_argument("--out", default="bench_optimize.md",
+                   help="Markdown table; a .csv is written beside it, and each finished run goes to "
+                        "OUT.runs.jsonl as it ends, so re-running the same command resumes")
     b.set_defaults(func=cmd_bench)
 
 
