@@ -53,8 +53,8 @@ class ModelConfig:
 
     The defaults are the shipped default model's architecture (3.2 M parameters, 13 MB
     of fp32 weights), trained on a GPU: a smaller cousin of the MOSES VAE (encoder GRU
-    256, decoder 3x512, latent 128) whose decoder still samples ~600 molecules/s on one
-    CPU thread, so optimization on a laptop stays interactive. On a CPU with a budget of
+    256, decoder 3x512, latent 128) whose decoder still samples ~430 molecules/s on one
+    CPU thread (batches of 1,000), so optimization on a laptop stays interactive. On a CPU with a budget of
     hours, a smaller network that sees more molecules ends lower than a larger one that
     sees fewer: there, use e.g. ``dec_hidden=384, dec_layers=1, enc_hidden=192,
     embed_dim=48`` (``molvae bench train`` measures the speed of either).

@@ -31,6 +31,15 @@ from .errors import MolvaeError
 ATTR = "molvae:cma"
 
 
+def _told_value(state, values: Sequence[float] | None) -> float | None:
+    """What a finished trial tells CMA-ES: its value, or ``None`` (failed, or not finite).
+    Live runs and replays both go through here, so a resume rebuilds the same state."""
+    from optuna.trial import TrialState
+
+    ok = state == TrialState.COMPLETE and values is not None and bool(np.isfinite(values[0]))
+    return float(values[0]) if ok else None
+
+
 def _optuna_base():
     import optuna
 
@@ -108,13 +117,10 @@ class BatchCmaEsSampler(_optuna_base()):
         return self._random.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values: Sequence[float] | None) -> None:
-        from optuna.trial import TrialState
-
         x = self._members.pop(trial.number, None)
         if x is None:  # an enqueued trial, or one of a generation already abandoned
             return
-        ok = state == TrialState.COMPLETE and values is not None and np.isfinite(values[0])
-        self._results.append((x, float(values[0]) if ok else None))
+        self._results.append((x, _told_value(state, values)))
         if len(self._results) == self._popsize:
             self._tell(self._results)
             # Points drawn from the old distribution but not yet asked are stale now.
@@ -161,8 +167,7 @@ class BatchCmaEsSampler(_optuna_base()):
             if not all(n in t.params for n in self._names):
                 continue
             x = np.array([t.params[n] for n in self._names], dtype=float)
-            ok = t.state == TrialState.COMPLETE and t.values is not None and np.isfinite(t.values[0])
-            groups.setdefault((int(tag[2]), int(tag[1])), []).append((t.number, x, t.values[0] if ok else None))
+            groups.setdefault((int(tag[2]), int(tag[1])), []).append((t.number, x, _told_value(t.state, t.values)))
         for (_, g), members in sorted(groups.items()):
             # A generation cut short by a kill is left out; the run went on with a new one.
             if g == self._cma.generation and len(members) >= self._popsize:

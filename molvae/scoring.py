@@ -965,7 +965,6 @@ def load_objective(path: str | Path) -> Objective:
 
 # ---------------------------------------------------------------------------- presets
 
-#: Named objectives, as TOML-shaped dicts. Also ``similarity:<SMILES>`` (see :func:`preset`).
 # The structural-alert part of the drug-likeness presets. Brenk flags many marketed drugs
 # (aspirin's phenol ester), so it only lowers the score: 1 alert -> 0.95, 2 -> 0.5; PAINS
 # (assay interference) makes a molecule infeasible.
@@ -975,6 +974,7 @@ _ALERT_COMPONENTS: tuple[dict[str, Any], ...] = (
     {"property": "alerts", "name": "pains", "catalogs": ["pains"], "filter": True},
 )
 
+#: Named objectives, as TOML-shaped dicts. Also ``similarity:<SMILES>`` (see :func:`preset`).
 PRESETS: dict[str, dict[str, Any]] = {
     "qed": {
         "description": "QED drug-likeness (RDKit); saturates at about 0.948",
