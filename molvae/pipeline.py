@@ -7,17 +7,23 @@ unknown or misspelt key, a wrong type, a missing file or a bad SMILES is an erro
 file, the section and the key.
 
 The run folder (``runs/<name>/`` unless ``run_dir`` is set) holds ``config.json`` (the
-resolved config, defaults filled in), ``run.log``, ``provenance.json`` (versions of molvae, torch,
-RDKit, CUDA and the device), one sub-folder per stage, and ``report.html``. A stage that
-finished writes ``<stage>/DONE``; re-running skips it. An interrupted stage resumes: training
-from its last checkpoint, optimization from its study and molecules table. ``force=True``
-redoes every stage.
+resolved config: every default a stage derives is filled in), ``run.log``, ``provenance.json``
+(versions of molvae, torch, RDKit, CUDA and the device), one sub-folder per stage, and
+``report.html``. Each stage folder holds ``stage.json`` (the settings and inputs it ran with)
+and, once finished, ``DONE``; re-running skips a finished stage. An interrupted stage resumes:
+training from its last checkpoint, optimization from its study and molecules table.
+
+An edited pipeline re-runs what the edit touched: a stage whose settings changed, or whose
+inputs changed (a file it reads, the model, or a stage before it that re-runs), is moved to
+``<stage>.previous/`` and run again; the log names each change (``objective: 'qed' ->
+'logp'``). Stages the edit does not reach are kept. ``force=True`` redoes every stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +32,7 @@ import shutil
 import time
 import tomllib
 import traceback
+import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -117,14 +124,16 @@ class Pipeline:
     def stages(self) -> list[str]:
         return [s for s in STAGES if getattr(self, s) is not None]
 
-    def to_dict(self) -> dict:
+    def to_dict(self, resolve: bool = True) -> dict:
+        """The settings as ``config.json`` records them; ``resolve`` replaces each "derive it"
+        ``None`` by the value the stage runs with (``None`` left means "off": no lead, no limit)."""
         d = {"name": self.name, "path": str(self.path), "run_dir": str(self.run_dir), "seed": self.seed,
              "device": self.device, "model": self.model}
         for s in STAGES:
             sec = getattr(self, s)
             if sec is not None:
                 d[s] = dataclasses.asdict(sec)
-        return d
+        return _resolved(self, d) if resolve else d
 
 
 SECTIONS = {"data": DataSection, "train": TrainSection, "evaluate": EvaluateSection,
@@ -279,6 +288,206 @@ def _check(pipe: Pipeline, base: Path, where: str) -> None:
             raise MolvaeError(f"{where} [optimize] min_similarity: must be in [0, 1]")
 
 
+# ---------------------------------------------------------------------------- settings used
+
+
+def _resolved(pipe: Pipeline, d: dict) -> dict:
+    """Fill in the defaults a stage derives, so config.json (and the report) show the value
+    each setting had, not ``None``. Settings left ``None`` mean "off" (no lead, no time limit)."""
+    if d.get("model") is None:
+        from .model import default_model_dir
+        d["model"] = str(pipe.run_dir / "train") if pipe.train is not None else str(default_model_dir())
+    if "data" in d and d["data"]["max_len"] is None:
+        from .data import DEFAULT_MAX_LEN
+        d["data"]["max_len"] = DEFAULT_MAX_LEN
+    if "train" in d:
+        from .model import ModelConfig
+        t = d["train"]
+        arch = {f.name: f.default for f in fields(ModelConfig) if f.name not in ("vocab_size", "seq_len")}
+        arch.pop("kl_anneal_steps")  # derived by TrainConfig from the planned steps unless set
+        arch.update(t["model"] or {})
+        if t["latent_dim"] is not None:
+            arch["latent_dim"] = t["latent_dim"]
+        if t["beta"] is not None:
+            arch["beta_max"] = t["beta"]
+        t["latent_dim"], t["beta"], t["model"] = arch["latent_dim"], arch["beta_max"], arch
+    if "optimize" in d:
+        from . import optimize as opt_mod
+        o = d["optimize"]
+        multi = bool(o["objectives"])
+        if multi:
+            o["objective"] = None  # ignored when several objectives are given
+        if o["sampler"] is None:
+            o["sampler"] = opt_mod.DEFAULT_MULTI_SAMPLER if multi else opt_mod.DEFAULT_SAMPLER
+        if o["batch_size"] is None:
+            o["batch_size"] = opt_mod.DEFAULT_BATCH_SIZE
+        if o["lead"] is not None and o["min_similarity"] is None:
+            o["min_similarity"] = opt_mod.DEFAULT_SIMILARITY
+        if multi:
+            o["compare_prior"] = False  # the prior baseline is single-objective only
+    return d
+
+
+# ---------------------------------------------------------------------------- stale stages
+# Each stage folder holds ``stage.json``: the settings it ran with, its inputs (the run ids of
+# the stages it reads, hashes of the files and model it reads) and its own run id. A stage
+# whose settings or inputs differ from the pipeline's now is stale: it is moved to
+# ``<stage>.previous/`` and re-run, and so is every stage that reads it. config.json is written
+# only after that, so the folder never holds results made with settings it does not record.
+
+STAGE_FILE = "stage.json"
+#: The stages whose outputs each stage reads (the report reads them all).
+DEPENDS = {"data": (), "train": ("data",), "evaluate": ("data", "train"), "sample": ("data", "train"),
+           "optimize": ("train",), "report": STAGES[:-1]}
+_USES_MODEL = ("evaluate", "sample", "optimize", "report")
+_RERUN = "(re-running)"
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _model_hash(folder: Path) -> str:
+    """Hash of what load_model reads (weights and model.json), not of logs beside them."""
+    files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".json") and p.name != STAGE_FILE
+                   and not p.name.startswith(("DONE", "summary", "training_summary")))
+    return _file_hash_many(files) if files else "missing"
+
+
+def _file_hash_many(paths: list[Path]) -> str:
+    return hashlib.sha256("".join(f"{p.name}:{_file_hash(p)}" for p in paths).encode()).hexdigest()[:16]
+
+
+def _files_in(value: Any, base: Path) -> list[Path]:
+    """Existing files named by a setting (a path string, or strings inside lists and tables)."""
+    if isinstance(value, str):
+        p = _resolve_file(value, base)
+        return [p] if value and p.is_file() else []
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in _files_in(v, base)]
+    if isinstance(value, list):
+        return [f for v in value for f in _files_in(v, base)]
+    return []
+
+
+def _stage_settings(pipe: Pipeline, cfg: dict, stage: str) -> dict:
+    """The settings whose change makes a stage's results stale (the device does not)."""
+    out = {"seed": cfg["seed"], **dict(_flat(cfg[stage]))}
+    if stage == "report":
+        out["name"] = cfg["name"]
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            rows.extend(_flat(v, f"{prefix}{k}."))
+        else:
+            rows.append((f"{prefix}{k}", v))
+    return rows
+
+
+def _static_inputs(pipe: Pipeline, cfg: dict, stage: str) -> dict:
+    """Inputs from outside the run folder: files named by the stage's settings, the model."""
+    base = pipe.path.parent
+    inputs = {}
+    for f in _files_in(cfg[stage], base):
+        inputs[f"file {f.resolve()}"] = _file_hash(f)
+    if stage in _USES_MODEL and pipe.train is None:
+        inputs["model weights"] = _model_hash(Path(cfg["model"]))
+    return inputs
+
+
+def _read_record(d: Path) -> dict | None:
+    try:
+        rec = json.loads((d / STAGE_FILE).read_text())
+        return rec if isinstance(rec, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _changes(old: dict, new: dict, what: str) -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new), key=lambda k: (k not in new, list(new).index(k) if k in new else 0)):
+        if old.get(k, "(absent)") != new.get(k, "(absent)"):
+            if what == "settings":
+                out.append(f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}")
+            elif k.startswith("stage "):
+                out.append(f"{k} {'re-runs' if new.get(k) == _RERUN else 're-ran'}")
+            else:
+                out.append(f"{k} changed" if k in old and k in new else f"{k} {'added' if k in new else 'removed'}")
+    return out
+
+
+def _retire(run: Path, stage: str) -> Path:
+    """Move a stale stage's folder (and the report's files at the top) to <stage>.previous/."""
+    target = run / f"{stage}.previous"
+    if target.exists():
+        shutil.rmtree(target)
+    if (run / stage).exists():
+        os.replace(run / stage, target)
+    if stage == "report":
+        target.mkdir(exist_ok=True)
+        for name in ("report.html", "latent.npz"):
+            if (run / name).exists():
+                os.replace(run / name, target / name)
+    return target
+
+
+def _plan_stages(pipe: Pipeline, cfg: dict, old_cfg: dict | None) -> dict[str, dict]:
+    """Retire stale stages before anything runs; return each stage's settings and static inputs.
+
+    A finished stage from before stage.json existed is judged by the config.json it ran with.
+    """
+    run = pipe.run_dir
+    plans: dict[str, dict] = {}
+    run_ids: dict[str, str] = {}
+    raw = pipe.to_dict(resolve=False)
+    for stage in STAGES:
+        d = run / stage
+        if getattr(pipe, stage) is None:
+            if d.exists() and (_done(d) or (d / STAGE_FILE).exists()):
+                log.warning("[%s] is no longer in the pipeline; its results moved to %s/", stage,
+                            _retire(run, stage).name)
+            continue
+        plan = {"settings": _stage_settings(pipe, cfg, stage), "inputs": _static_inputs(pipe, cfg, stage)}
+        plans[stage] = plan
+        deps = {f"stage {dep}": run_ids.get(dep, _RERUN) for dep in DEPENDS[stage] if dep in plans}
+        inputs = {**plan["inputs"], **deps}
+        rec = _read_record(d)
+        if rec is None and _done(d):  # finished before stage.json existed
+            same = old_cfg is not None and old_cfg.get(stage) == raw[stage] and old_cfg.get("seed") == raw["seed"]
+            rec = {"settings": plan["settings"], "inputs": inputs, "run_id": uuid.uuid4().hex[:12]} if same else \
+                {"settings": {"config.json": "(older settings)"}, "inputs": {}}
+            if same:
+                _write_json(d / STAGE_FILE, rec)
+        if rec is None:
+            continue  # never started, or started before stage.json existed: it resumes
+        why = _changes(rec.get("settings", {}), plan["settings"], "settings")
+        moved = _changes(rec.get("inputs", {}), inputs, "inputs")
+        if why or moved:
+            detail = "; ".join(filter(None, [why and "settings changed: " + "; ".join(why),
+                                             moved and "inputs changed: " + "; ".join(moved)]))
+            log.warning("[%s] %s; re-running it (previous results moved to %s/)", stage, detail,
+                        _retire(run, stage).name)
+        elif _done(d):
+            run_ids[stage] = rec.get("run_id", "")
+        else:
+            run_ids[stage] = _RERUN  # resumes, and then downstream stages must follow
+    return plans
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
 # ---------------------------------------------------------------------------- running
 
 
@@ -334,10 +543,16 @@ def run_pipeline(pipe: Pipeline, force: bool = False, progress: bool = True) -> 
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     try:
-        (run / "config.json").write_text(json.dumps(pipe.to_dict(), indent=1, default=str))
         prov = provenance(pipe.device)
-        (run / "provenance.json").write_text(json.dumps(prov, indent=1))
         log.info("pipeline %s (%s) -> %s on %s", pipe.name, pipe.path, run, prov["device"])
+        cfg = pipe.to_dict()
+        try:
+            old_cfg = json.loads((run / "config.json").read_text())
+        except (OSError, ValueError):
+            old_cfg = None
+        plans = _plan_stages(pipe, cfg, old_cfg)  # stale stages are moved aside first ...
+        _write_json(run / "config.json", cfg)     # ... so config.json describes every result here
+        _write_json(run / "provenance.json", prov)
         results: dict[str, Any] = {}
         for stage in pipe.stages():
             d = run / stage
@@ -346,6 +561,12 @@ def run_pipeline(pipe: Pipeline, force: bool = False, progress: bool = True) -> 
                 log.info("[%s] already complete, skipping (use --force to redo)", stage)
                 results[stage] = json.loads((d / "DONE").read_text())
                 continue
+            if _read_record(d) is None:
+                deps = {f"stage {dep}": (_read_record(run / dep) or {}).get("run_id", "")
+                        for dep in DEPENDS[stage] if dep in plans}
+                _write_json(d / STAGE_FILE, {"settings": plans[stage]["settings"],
+                                             "inputs": {**plans[stage]["inputs"], **deps},
+                                             "run_id": uuid.uuid4().hex[:12]})
             log.info("[%s] running", stage)
             t0 = time.perf_counter()
             info = STAGE_FUNCS[stage](pipe, d, results, progress) or {}

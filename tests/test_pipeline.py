@@ -171,3 +171,69 @@ input = "{small_file}"
     assert {"molvae", "torch", "rdkit", "cuda", "device"} <= set(prov)
     assert json.loads((tmp_path / "good-run" / "config.json").read_text())["data"]["valid_fraction"] == 0.05
     assert "already complete" in (tmp_path / "good-run" / "run.log").read_text()
+
+
+STALE_PIPE = """
+run_dir = "{run}"
+model = "{model}"
+[sample]
+n = 20
+[optimize]
+objective = "{objective}"
+budget = 12
+batch_size = 6
+compare_prior = false
+"""
+
+
+def test_edited_stage_reruns_and_unchanged_stages_are_kept(tmp_path, tiny_model_dir):
+    """Edit [optimize] objective and re-run: optimize re-runs with the new objective, the log
+    names the key (old -> new), [sample] is untouched, and config.json matches the results."""
+    from molvae.pipeline import run_pipeline
+
+    run = tmp_path / "run"
+    path = tmp_path / "p.toml"
+    write(path, STALE_PIPE.format(run=run, model=tiny_model_dir, objective="qed"))
+    run_pipeline(load_pipeline(path), progress=False)
+    assert "qed_raw" in pd.read_csv(run / "optimize" / "molecules.csv").columns
+    samples_before = (run / "sample" / "samples.csv").stat().st_mtime_ns
+
+    write(path, STALE_PIPE.format(run=run, model=tiny_model_dir, objective="logp"))
+    run_pipeline(load_pipeline(path), progress=False)
+    columns = pd.read_csv(run / "optimize" / "molecules.csv").columns
+    assert "logp_raw" in columns and "qed_raw" not in columns
+    assert "logp" in json.loads((run / "optimize" / "summary.json").read_text())["objective"].lower()
+    assert (run / "sample" / "samples.csv").stat().st_mtime_ns == samples_before  # not re-run
+    second = (run / "run.log").read_text().split("pipeline p ")[-1]  # the log of the second run
+    assert "[sample] already complete" in second
+    assert "[optimize] settings changed: objective: 'qed' -> 'logp'" in second
+    assert json.loads((run / "config.json").read_text())["optimize"]["objective"] == "logp"
+
+
+def test_retrained_model_reruns_the_stages_that_read_it(tmp_path, small_file):
+    """A [train] edit re-runs training and the sampling that used the old model, but not the
+    data stage; a section removed from the file takes its results out of the run folder."""
+    from molvae.pipeline import run_pipeline
+
+    run = tmp_path / "run"
+    path = tmp_path / "p.toml"
+    body = f'run_dir = "{run}"\n[data]\ninput = "{small_file}"\nvalid_fraction = 0.1\n' + TINY_TRAIN
+    write(path, body.format(epochs=1) + "[sample]\nn = 10\n")
+    run_pipeline(load_pipeline(path), progress=False)
+    stamp = {s: (run / s / "DONE").stat().st_mtime_ns for s in ("data", "train", "sample")}
+
+    write(path, body.format(epochs=2) + "[sample]\nn = 10\n")
+    run_pipeline(load_pipeline(path), progress=False)
+    assert (run / "data" / "DONE").stat().st_mtime_ns == stamp["data"]
+    assert (run / "train" / "DONE").stat().st_mtime_ns != stamp["train"]
+    assert pd.read_csv(run / "train" / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert (run / "sample" / "DONE").stat().st_mtime_ns != stamp["sample"]   # new model, new samples
+    second = (run / "run.log").read_text().split("pipeline p ")[-1]
+    assert "[train] settings changed: epochs: 1 -> 2" in second
+    assert "[sample] inputs changed: stage train re-runs" in second
+    assert (run / "train.previous" / "DONE").exists()                        # kept aside, not lost
+
+    write(path, body.format(epochs=2))                                          # [sample] removed
+    run_pipeline(load_pipeline(path), progress=False)
+    assert not (run / "sample").exists() and (run / "sample.previous" / "samples.csv").exists()
+    assert "sample" not in json.loads((run / "config.json").read_text())
