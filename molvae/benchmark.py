@@ -25,6 +25,11 @@ top-1, top-10 mean and wall time. Tasks:
                   improvement = best penalized logP found − the start's. Our pLogP is the
                   unnormalized variant under the 38-heavy-atom cap, so the JT-VAE figures
                   (normalized variant) compare in kind, not exactly.
+
+Suites: ``suite="pmo"`` (``molvae bench optimize --suite pmo``) runs instead the 20 PMO tasks
+that need no downloaded classifier (:mod:`molvae.pmo`: TDC's oracle definitions) and writes,
+per task and summed over the tasks, AUC top-10 beside the published rows of
+:data:`molvae.pmo.PUBLISHED` (those are at 10,000 calls), wall time and the oracle's cost.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import chem
+from . import chem, pmo
 from .errors import MolvaeError
 from .optimize import DEFAULT_BATCH_SIZE, DEFAULT_COMPONENTS, DEFAULT_SAMPLER, model_fingerprint, optimize, \
     sample_prior_baseline
@@ -66,6 +71,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("drug_like", "drug_like", "broad drug-likeness windows (MW, logP, TPSA, SA, QED), no PAINS"),
     Task("celecoxib", "celecoxib_rediscovery", "Tanimoto to celecoxib (ECFP4 counts)"),
 )}
+
+#: Task lists run with ``suite=``; their names are scored by :func:`molvae.pmo.oracle`.
+SUITES: dict[str, tuple[str, ...]] = {"pmo": pmo.TASK_NAMES}
 
 RUN_COLUMNS = ["task", "method", "budget", "seed", "oracle_calls", "top1", "top10_mean", "auc_top10",
                "wall_s", "calls_per_s", "overhead_fraction", "decode_s", "score_s", "sampler_s",
@@ -165,20 +173,26 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
                        n_components: int | None = None, constrained_molecules: int = 100,
                        constrained_budget: int = 100, constrained_samplers: Sequence[str] | None = None,
                        time_limit: float | None = None, out: str | os.PathLike | None = None,
-                       progress: bool = True) -> BenchResult:
+                       progress: bool = True, suite: str | None = None) -> BenchResult:
     """Run the benchmark; write ``out`` (Markdown) and the per-run CSV beside it.
 
     ``constrained_samplers`` defaults to the default sampler and ``random`` (the per-molecule
     runs are many and short; the GP sampler's cubic cost does not pay there).
 
+    ``suite="pmo"`` runs the PMO tasks (:data:`SUITES`) instead of :data:`TASKS`; ``tasks``
+    then picks among them (default: all 20).
+
     With ``out``, each finished run is appended to ``<out>.runs.jsonl`` as it ends; running
     the same benchmark again (same model and settings) skips the runs found there, so an
     interrupted benchmark resumes. Delete the file to measure again.
     """
-    tasks = list(tasks or TASKS)
-    unknown = [t for t in tasks if t not in TASKS]
+    if suite is not None and suite not in SUITES:
+        raise MolvaeError(f"unknown benchmark suite {suite!r}; valid: {', '.join(SUITES)}")
+    valid = SUITES[suite] if suite else tuple(TASKS)
+    tasks = list(tasks or valid)
+    unknown = [t for t in tasks if t not in valid]
     if unknown:
-        raise MolvaeError(f"unknown benchmark task(s) {', '.join(unknown)}; valid: {', '.join(TASKS)}")
+        raise MolvaeError(f"unknown {suite or 'benchmark'} task(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
     if seeds < 1 or not budgets or min(budgets) < 1:
         raise MolvaeError("bench optimize: seeds and budgets must be >= 1")
     if constrained_samplers is None:
@@ -187,11 +201,14 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
     settings = {"model": model_fingerprint(model), "batch_size": batch_size, "n_components": n_components,
                 "time_limit": time_limit, "constrained_molecules": constrained_molecules,
                 "constrained_budget": constrained_budget}
+    if suite:  # its task names must never pick up runs of a same-named task outside the suite
+        settings["suite"] = suite
     done = _Checkpoint(Path(out).with_suffix(".runs.jsonl") if out is not None else None, settings)
     runs, constrained = [], []
     started = time.perf_counter()
     for name in tasks:
-        task = TASKS[name]
+        task = TASKS[name] if not suite else Task(name, name, pmo.TASKS[name].description)
+        objective = pmo.objective(name) if suite else task.objective
         if task.similarity is not None:
             starts = None
             for sampler in constrained_samplers:
@@ -221,15 +238,15 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
             continue
         for budget in budgets:
             for seed in range(seeds):
-                for method in ["prior", *samplers]:
+                for method in dict.fromkeys(["prior", *samplers]):  # prior sampling always runs, once
                     if (row := done.get(name, method, budget, seed)) is not None:
                         runs.append(row)
                         continue
                     if method == "prior":
-                        s = sample_prior_baseline(model, task.objective, budget=budget, seed=seed,
+                        s = sample_prior_baseline(model, objective, budget=budget, seed=seed,
                                                   time_limit=time_limit, progress=progress).attrs["summary"]
                     else:
-                        s = optimize(model, task.objective, budget=budget, sampler=method, seed=seed,
+                        s = optimize(model, objective, budget=budget, sampler=method, seed=seed,
                                      batch_size=batch_size, n_components=n_components, time_limit=time_limit,
                                      progress=progress).attrs["summary"]
                     runs.append(_summary_row(name, method, budget, seed, s))
@@ -243,7 +260,10 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
             "torch_threads": _threads(), "machine": platform.machine(), "seeds": seeds,
             "budgets": list(budgets), "batch_size": batch_size, "n_components": n_components,
             "wall_s": round(time.perf_counter() - started, 1)}
-    md = _markdown(table, cons_df, runs_df, info, tasks)
+    descriptions = {t: (pmo.TASKS[t].description if suite else TASKS[t].description) for t in tasks}
+    md = _markdown(table, cons_df, runs_df, info, descriptions)
+    if suite == "pmo":
+        md = _pmo_markdown(runs_df, tasks) + "\n" + md
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -313,12 +333,12 @@ def _pm(mean: float, sd: float) -> str:
 
 
 def _markdown(table: pd.DataFrame, cons: pd.DataFrame, runs: pd.DataFrame, info: dict,
-              tasks: list[str]) -> str:
+              tasks: dict[str, str]) -> str:
     lines = ["# molvae bench optimize", "",
              f"Model {info['model']} (latent {info['latent_dim']}), device {info['device']}, "
              f"{info['torch_threads']} torch threads, {info['machine']}; batch {info['batch_size']}, "
              f"{info['n_components']} PCA components; {info['seeds']} seed(s); total {info['wall_s']} s.",
-             "", "Tasks: " + "; ".join(f"`{t}` = {TASKS[t].description}" for t in tasks) + ".", ""]
+             "", "Tasks: " + "; ".join(f"`{t}` = {d}" for t, d in tasks.items()) + ".", ""]
     if len(table):
         lines += ["## AUC of the running top-10 mean (PMO), mean ± sd over seeds", "",
                   "| task | budget | method | AUC top-10 | top-1 | top-10 mean | oracle calls | wall s | molecules/s |",
@@ -359,3 +379,51 @@ def _markdown(table: pd.DataFrame, cons: pd.DataFrame, runs: pd.DataFrame, info:
                          f"{r['sampler_s']:.1f} | {r['overhead_fraction']:.3f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _pmo_markdown(runs: pd.DataFrame, tasks: list[str]) -> str:
+    """One row per PMO task, one column per (budget, method), the published rows beside them,
+    then the sum over the tasks (mean ± sd over seeds of each seed's sum) and the wall time."""
+    lines = ["## PMO tasks: AUC of the running top-10 mean, mean ± sd over seeds", ""]
+    if runs.empty:
+        return "\n".join(lines + ["(no finished runs)", ""])
+    cols = list(dict.fromkeys(zip(runs["budget"], runs["method"])))
+    published = list(pmo.PUBLISHED)
+    lines += [
+        "Published rows are at 10,000 calls (sources in `molvae/pmo.py`); – = no per-task figure at hand. "
+        "Oracle ms/molecule = scoring time per molecule scored, median over this task's runs.", "",
+        "| task | " + " | ".join(f"{m} @ {b:,}" for b, m in cols) + " | " + " | ".join(published)
+        + " | oracle ms/molecule |",
+        "|---" * (len(cols) + len(published) + 2) + "|"]
+    by = runs.groupby(["task", "budget", "method"])["auc_top10"]
+    mean, sd = by.mean(), by.std()
+    for t in tasks:
+        cells = [_pm(mean.get((t, b, m), math.nan), sd.get((t, b, m), math.nan)) for b, m in cols]
+        pub = [f"{pmo.PUBLISHED[p][t]:.3f}" if t in pmo.PUBLISHED[p] else "–" for p in published]
+        mine = runs[runs["task"] == t]
+        per_mol = (mine["score_s"] / mine["oracle_calls"].clip(lower=1) * 1000).median()
+        lines.append(f"| {t} | " + " | ".join(cells + pub) + f" | {_num(per_mol, '.2f')} |")
+    sums, walls = [], []
+    for b, m in cols:
+        grp = runs[(runs["budget"] == b) & (runs["method"] == m)]
+        per_seed = grp.groupby("seed").agg(n=("task", "nunique"), auc=("auc_top10", "sum"), wall=("wall_s", "sum"))
+        full = per_seed[per_seed["n"] == len(tasks)]  # a seed counts once all its tasks ran
+        sums.append(_pm(full["auc"].mean(), full["auc"].std()) if len(full) else "–")
+        walls.append(_num(full["wall"].mean(), ".0f") if len(full) else "–")
+    pub_sums = []
+    for p in published:
+        if all(t in pmo.PUBLISHED[p] for t in tasks):
+            pub_sums.append(f"{sum(pmo.PUBLISHED[p][t] for t in tasks):.2f}")
+        elif set(tasks) == set(pmo.TASK_NAMES) and p in pmo.PUBLISHED_SUMS:
+            pub_sums.append(f"{pmo.PUBLISHED_SUMS[p]:.2f}")
+        else:
+            pub_sums.append("–")
+    blank = [""] * len(published)
+    lines.append(f"| **sum of {len(tasks)}** | " + " | ".join(f"**{x}**" for x in sums) + " | "
+                 + " | ".join(pub_sums) + " | |")
+    lines.append("| wall s (all tasks, mean over seeds) | " + " | ".join(walls + blank) + " | |")
+    return "\n".join(lines + [""])
+
+
+def _num(value: float, fmt: str) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
