@@ -11,8 +11,10 @@ Three layers, smallest first:
 * :class:`MolVAE` — what a chemist uses: ``encode(smiles)``, ``decode(z)``,
   ``sample(n)``, holding the module, its :class:`~molvae.tokens.Vocabulary` and its device.
 
-A model directory holds ``weights.safetensors`` and ``model.json``. :func:`load_model` never
-unpickles anything: weights come from safetensors, everything else from strict JSON.
+A model directory holds ``weights.safetensors`` and ``model.json``, and optionally a fitted
+latent prior (``prior.json`` + ``prior.safetensors``, :mod:`molvae.prior`) that sampling uses
+instead of N(0, I). :func:`load_model` never unpickles anything: weights come from
+safetensors, everything else from strict JSON.
 
     >>> vae = load_model()                      # the shipped default model
     >>> mu, _ = vae.encode(["CCO", "c1ccccc1O"])
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import MolvaeError
+from .runtime import cpu_threads_for_busy_machine, resolve_device, use_bf16
 from .tokens import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -198,9 +201,12 @@ class SequenceVAE(nn.Module):
     @staticmethod
     def _rnn(rnn: nn.GRU, x: torch.Tensor, h: torch.Tensor | None = None):
         # nn.GRU is not on autocast's op list: under bf16 autocast it would get bf16 inputs
-        # from the linear layers and fp32 weights. Run it in fp32 (TF32 on cuDNN) always.
+        # from the linear layers and fp32 weights. Run it in its weights' dtype: fp32 (TF32
+        # on cuDNN) for training, bf16 in the decoding copy that MolVAE keeps on CPUs with
+        # bf16 instructions.
+        dtype = rnn.weight_ih_l0.dtype
         with torch.autocast(x.device.type, enabled=False):
-            return rnn(x.float(), None if h is None else h.float())
+            return rnn(x.to(dtype), None if h is None else h.to(dtype))
 
     def encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``, each ``(B, latent_dim)``, of padded id sequences."""
@@ -323,34 +329,6 @@ class SequenceVAE(nn.Module):
         return torch.stack(out, dim=1)
 
 
-# ---------------------------------------------------------------------------- device
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``."""
-    if isinstance(device, torch.device):
-        return device
-    name = (device or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise MolvaeError(f"device {device!r}: CUDA is not available on this machine "
-                              "(use --device cpu or auto)")
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise MolvaeError(f"device {device!r}: not a device name like cuda:0") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise MolvaeError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    if name == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    raise MolvaeError(f"device {device!r}: use auto, cpu, cuda or cuda:N")
-
-
 # ---------------------------------------------------------------------------- user API
 
 
@@ -383,23 +361,48 @@ class MolVAE:
         vocab: the vocabulary it was trained with.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a torch.device.
         metadata: what ``model.json`` recorded (training metrics, version); informational.
+        precision: decoding precision on CPU: ``'auto'`` decodes with a bf16 copy of the
+            network where the CPU computes bf16 in hardware (see :mod:`molvae.runtime`),
+            ``'fp32'`` never, ``'bf16'`` always. Encoding and training stay fp32.
     """
 
     def __init__(self, module: SequenceVAE, vocab: Vocabulary, device: str | torch.device = "auto",
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, precision: str = "auto"):
+        if precision not in ("auto", "fp32", "bf16"):
+            raise MolvaeError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         if module.config.vocab_size != len(vocab) or module.config.seq_len != vocab.seq_len:
             raise MolvaeError(f"model expects vocab_size {module.config.vocab_size} and seq_len "
                               f"{module.config.seq_len}, vocabulary has {len(vocab)} and {vocab.seq_len}")
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             # Step-by-step GRU decoding is dominated by thread hand-offs: on a busy CPU two
-            # OpenMP threads spin waiting for each other (see train.cpu_threads_for_busy_machine).
-            from .train import cpu_threads_for_busy_machine
+            # OpenMP threads spin waiting for each other (see runtime.cpu_threads_for_busy_machine).
             if cpu_threads_for_busy_machine():
                 torch.set_num_threads(1)
         self.module = module.to(self.device).eval()
         self.vocab = vocab
         self.metadata = metadata or {}
+        self.prior = None  # a fitted latent density (molvae.prior), when the model ships one
+        self.decode_bf16 = self.device.type == "cpu" and (
+            precision == "bf16" or (precision == "auto" and use_bf16(self.device)))
+        self._bf16_copy: tuple[tuple[int, ...], SequenceVAE] | None = None
+
+    def _generator(self) -> SequenceVAE:
+        """The network that decodes: ``module``, or its bf16 copy (see ``precision``).
+
+        The copy is rebuilt whenever ``module``'s weights changed in place (each parameter's
+        ``_version`` counter moves on an optimizer step or ``load_state_dict``), so a model
+        fine-tuned during a search never decodes with stale weights.
+        """
+        if not self.decode_bf16:
+            return self.module
+        version = tuple(p._version for p in self.module.parameters())
+        if self._bf16_copy is None or self._bf16_copy[0] != version:
+            import copy
+
+            clone = copy.deepcopy(self.module).to(torch.bfloat16).eval()
+            self._bf16_copy = (version, clone)
+        return self._bf16_copy[1]
 
     @property
     def config(self) -> ModelConfig:
@@ -486,7 +489,8 @@ class MolVAE:
         gen = None
         if not greedy and seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        chunks = [self.module.generate(z[i:i + chunk_size].to(self.device), greedy=greedy,
+        net = self._generator()
+        chunks = [net.generate(z[i:i + chunk_size].to(self.device), greedy=greedy,
                                        temperature=temperature, max_len=max_len, generator=gen).cpu()
                   for i in range(0, z.size(0), chunk_size)]
         width = max((c.size(1) for c in chunks), default=0)
@@ -518,15 +522,28 @@ class MolVAE:
         """
         return self.ids_to_smiles(self.decode_ids(z, greedy, temperature, max_len, seed))
 
-    def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
-        """``n`` latent points from the prior N(0, I), on the model's device."""
+    def sample_prior(self, n: int, seed: int | None = None, prior: str = "auto") -> torch.Tensor:
+        """``n`` latent points, on the model's device.
+
+        ``prior='auto'`` draws from the density fitted on training molecules' encodings when
+        the model has one (:mod:`molvae.prior`; it samples where the decoder was trained),
+        else from N(0, I); ``'normal'`` always N(0, I); ``'fitted'`` requires the density.
+        """
+        if prior not in ("auto", "normal", "fitted"):
+            raise MolvaeError(f"prior must be auto, normal or fitted, got {prior!r}")
+        if prior == "fitted" and self.prior is None:
+            raise MolvaeError("this model has no fitted latent prior (prior.json); fit one with "
+                              "`molvae fit-prior --model DIR` or sample with prior='normal'")
+        if self.prior is not None and prior != "normal":
+            return self.prior.sample(int(n), seed).to(self.device)
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         return torch.randn((int(n), self.latent_dim), generator=gen).to(self.device)
 
     def sample(self, n: int, seed: int | None = None, greedy: bool = True,
-               temperature: float = 1.0) -> list[str | None]:
+               temperature: float = 1.0, prior: str = "auto") -> list[str | None]:
         """``n`` molecules decoded from prior samples (the MOSES-style ``sample``)."""
-        return self.decode(self.sample_prior(n, seed), greedy=greedy, temperature=temperature, seed=seed)
+        return self.decode(self.sample_prior(n, seed, prior), greedy=greedy,
+                           temperature=temperature, seed=seed)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -588,7 +605,21 @@ def save_model(vae: MolVAE | tuple[SequenceVAE, Vocabulary], out_dir: str | os.P
                                                          if isinstance(vae, MolVAE) else {}),
     }
     _atomic_write_text(out / CONFIG_FILE, json.dumps(_json_safe(meta), indent=1, allow_nan=False))
+    if isinstance(vae, MolVAE) and vae.prior is not None:
+        vae.prior.save(out)
     return out
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A short hash of a network's weights: ties files derived from a model to that model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
+                 .contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def default_model_dir() -> Path:
@@ -678,5 +709,17 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
         if not torch.isfinite(state[k].float()).all():
             raise MolvaeError(f"{wfile}: tensor {k} holds NaN or inf values")
     module.load_state_dict(state, strict=True)
-    return MolVAE(module, vocab, device, metadata=meta)
+    vae = MolVAE(module, vocab, device, metadata=meta)
+    from .prior import LatentDensity, has_prior
+
+    if has_prior(d):
+        prior = LatentDensity.load(d, config.latent_dim)
+        fitted_for = prior.info.get("model_fingerprint")
+        if fitted_for and fitted_for != weights_fingerprint(module):
+            log.warning("%s: the latent prior was fitted for other weights (the model was "
+                        "retrained since); sampling from N(0, I) until it is re-fitted with "
+                        "`molvae fit-prior --model %s`", d / "prior.json", d)
+        else:
+            vae.prior = prior
+    return vae
 

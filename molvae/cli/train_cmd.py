@@ -71,7 +71,7 @@ def _bench(args: argparse.Namespace) -> int:
     model = _model_options(args.model_option or [])
     import torch
 
-    from ..train import cpu_threads_for_busy_machine
+    from ..runtime import cpu_threads_for_busy_machine
 
     threads = args.threads or cpu_threads_for_busy_machine()
     if threads:
