@@ -22,7 +22,6 @@ interrupted and resumed CPU run ends on the same weights as an uninterrupted one
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -39,7 +38,8 @@ import torch
 
 from .errors import MolvaeError
 from .model import (CONFIG_FILE, ModelConfig, SequenceVAE, _atomic_write_text, _json_safe,
-                    kl_weight, load_model, read_model_json, resolve_device, save_model)
+                    kl_weight, load_model, read_model_json, save_model)
+from .runtime import autocast, cpu_threads_for_busy_machine, resolve_device
 from .progress import progress
 from .tokens import Vocabulary
 
@@ -66,6 +66,8 @@ molecules each DDP process trained on ("n0;n1;…")."""
 CHECKPOINT = "checkpoint"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.safetensors"  # random streams of a mid-epoch checkpoint
+PLAN_PROBE_STEPS = (5, 30)    # plan_seconds: time steps 5..30 (after CUDA/allocator warm-up)
 STATE_VERSION = 1
 BUCKET_BATCHES = 50  # batches per length-sorted bucket: less padding, still well shuffled
 
@@ -83,6 +85,18 @@ class TrainConfig:
     torch CPU threads (the data are in-memory tensors, so no loader workers are needed);
     ``None`` keeps torch's default unless the cores are already busy (then 1, see
     :func:`cpu_threads_for_busy_machine`).
+
+    Training in short jobs (a GPU queue's 10-minute limit, a preemptible machine):
+    ``time_budget_s`` ends this run when the next step would not leave time for the final
+    validation and checkpoint (kept in reserve: the slowest one measured, at least 3% of
+    the budget), mid-epoch if need be, on a checkpoint that ``resume=True`` continues
+    exactly (same batches, same random streams: two chunks end on the weights one
+    uninterrupted run reaches). ``plan_seconds`` plans the learning-rate and KL schedules
+    for that much training time in all (the steps are counted from the throughput measured
+    over the first run's first steps, and fixed in the checkpoint), so that e.g. two
+    10-minute runs with ``plan_seconds=1200`` make one 20-minute schedule, and ``epochs``
+    is ignored; without it the schedule spans ``epochs``. ``stop_after_steps`` ends a run after that many steps (for
+    tests and fixed-size chunks).
     """
 
     epochs: int = 30
@@ -105,7 +119,10 @@ class TrainConfig:
     max_hours: float | None = None
     kl_anneal_fraction: float | None = 0.3
     recon_eval_molecules: int = 500
-    bf16: bool = True                    # bf16 autocast on CUDA (ignored on CPU)
+    bf16: bool = True                    # bf16 autocast on CUDA and on CPUs with bf16 instructions
+    time_budget_s: float | None = None   # this run's wall-clock budget; ends on a checkpoint
+    plan_seconds: float | None = None    # total training time the schedule is planned for
+    stop_after_steps: int | None = None  # end this run (on a checkpoint) after N more steps
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -116,6 +133,10 @@ class TrainConfig:
         if self.lr_schedule not in ("cosine", "plateau", "constant"):
             raise MolvaeError(f"train config: lr_schedule must be cosine, plateau or constant, "
                               f"got {self.lr_schedule!r}")
+        for name in ("time_budget_s", "plan_seconds", "stop_after_steps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise MolvaeError(f"train config: {name} must be > 0 (or unset), got {value}")
         if self.kl_anneal_fraction is not None and not 0 <= self.kl_anneal_fraction <= 1:
             raise MolvaeError("train config: kl_anneal_fraction must be in [0, 1]")
         if not isinstance(self.model, dict):
@@ -192,31 +213,6 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int, scale: float
     return config.lr * warm * scale
 
 
-def cpu_threads_for_busy_machine() -> int | None:
-    """1 when other processes already keep every core busy, else ``None`` (torch's default).
-
-    Measured on a shared 2-core machine: torch's 2 OpenMP threads ran a training step 26x
-    slower than 1 thread (5.8 vs 153 molecules/s), as each thread spins waiting for the
-    other to be scheduled. ``num_threads`` overrides this.
-    """
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores > 1 and load >= cores:
-        log.info("load average %.1f on %d cores: using 1 torch CPU thread (set num_threads to override)",
-                 load, cores)
-        return 1
-    return None
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def evaluate(module: SequenceVAE, ids: torch.Tensor, vocab: Vocabulary, batch_size: int = 512,
              recon_molecules: int = 500, seed: int = 0, bf16: bool = True) -> dict[str, float]:
@@ -229,7 +225,7 @@ def evaluate(module: SequenceVAE, ids: torch.Tensor, vocab: Vocabulary, batch_si
     mus = []
     for i in range(0, ids.size(0), batch_size):
         batch = _trim(ids[i:i + batch_size]).to(device)
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             logits, mu, logvar = module(batch, generator=gen)
         t = module.loss_terms(batch, logits, mu, logvar, step=0)
         n = batch.size(0)
@@ -281,11 +277,38 @@ def find_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+def _rng_streams(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random streams a mid-epoch resume needs (dropout, word dropout, latent noise)."""
+    streams = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        streams["cuda"] = torch.cuda.get_rng_state(device)
+    return streams
+
+
+def _restore_rng(ckpt: Path, device: torch.device) -> None:
+    from safetensors.torch import load_file
+
+    f = ckpt / RNG_FILE
+    try:
+        streams = load_file(str(f))
+    except Exception as exc:  # missing or corrupt: the resume could not be exact
+        raise MolvaeError(f"{f}: cannot restore the random state of a mid-epoch checkpoint "
+                          f"({exc}); delete {ckpt} to restart") from None
+    torch.set_rng_state(streams["cpu"])
+    if device.type == "cuda" and "cuda" in streams:
+        torch.cuda.set_rng_state(streams["cuda"], device)
+
+
 def _write_checkpoint(out: Path, module: SequenceVAE, vocab: Vocabulary,
-                      optimizer: torch.optim.Optimizer, state: dict) -> None:
+                      optimizer: torch.optim.Optimizer, state: dict,
+                      rng: dict[str, torch.Tensor] | None = None) -> None:
+    from safetensors.torch import save_file
+
     new, cur, old = out / (CHECKPOINT + ".new"), out / CHECKPOINT, out / (CHECKPOINT + ".old")
     shutil.rmtree(new, ignore_errors=True)
     save_model((module, vocab), new, metrics={"epoch": state["epoch"]})
+    if rng is not None:
+        save_file({k: v.contiguous() for k, v in rng.items()}, str(new / RNG_FILE))
     # A tensors-and-numbers dict: torch.load(weights_only=True) reads it without unpickling code.
     torch.save(optimizer.state_dict(), new / OPTIMIZER_FILE)
     _atomic_write_text(new / STATE_FILE, json.dumps(_json_safe(state), indent=1, allow_nan=False))
@@ -326,7 +349,7 @@ def _model_config(vocab: Vocabulary, config: TrainConfig, total_steps: int) -> M
 def _train_step(net, module: SequenceVAE, optimizer, ids: torch.Tensor, step: int,
                 config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
     """One optimizer step; ``net`` is ``module`` or its DDP wrapper (whose forward syncs grads)."""
-    with _autocast(device, config.bf16):
+    with autocast(device, config.bf16):
         logits, mu, logvar = net(ids)
     terms = module.loss_terms(ids, logits, mu, logvar, step)
     optimizer.zero_grad(set_to_none=True)
@@ -335,6 +358,44 @@ def _train_step(net, module: SequenceVAE, optimizer, ids: torch.Tensor, step: in
         torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
     optimizer.step()
     return terms
+
+
+def _should_stop(config: TrainConfig, t_start: float, step_s: float, state: dict, run_steps: int) -> bool:
+    """Whether this run must end before its next step (``stop_after_steps``, ``time_budget_s``).
+
+    The budget keeps back room for one more step plus the final validation and checkpoint:
+    the slowest end-of-epoch measured so far, and at least 3% of the budget.
+    """
+    if config.stop_after_steps is not None and run_steps >= config.stop_after_steps:
+        return True
+    if config.time_budget_s is None:
+        return False
+    reserve = max(0.03 * config.time_budget_s, float(state.get("end_of_epoch_s") or 0.0))
+    return time.time() - t_start + step_s + reserve >= config.time_budget_s
+
+
+def _plan_steps(config: TrainConfig, state: dict, run_steps: int, probe_t: float | None,
+                steps_per_epoch: int, device: torch.device) -> tuple[float | None, int | None]:
+    """Count the steps that fit ``plan_seconds`` from the speed of steps 5..30; fix it in ``state``.
+
+    Returns ``(probe start time, planned total steps or None while still measuring)``.
+    Validation takes a share of each epoch; it is unknown this early, so 8% is kept for it.
+    """
+    lo, hi = PLAN_PROBE_STEPS
+    if run_steps == lo:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.time(), None
+    if run_steps < hi or probe_t is None:
+        return probe_t, None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    per_step = (time.time() - probe_t) / (hi - lo)
+    total = max(state["step"] + 1, int(config.plan_seconds * 0.92 / per_step))
+    state["planned_total_steps"] = total
+    log.info("planned %d steps (%.1f epochs) for %.0f s of training at %.1f ms per step",
+             total, total / steps_per_epoch, config.plan_seconds, 1000 * per_step)
+    return probe_t, total
 
 
 # ---------------------------------------------------------------------------- train
@@ -414,11 +475,13 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
     per_rank_batch = max(1, config.batch_size // world)
     lengths = (train_ids != vocab.pad_id).sum(1)
     steps_per_epoch = math.ceil((train_ids.size(0) // world) / per_rank_batch)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = steps_per_epoch * config.epochs  # unless a time plan fixes it (below)
 
     state: dict = {"state_version": STATE_VERSION, "epoch": 0, "step": 0, "best_val_loss": None,
                    "best_epoch": None, "bad_epochs": 0, "plateau_bad": 0, "lr_scale": 1.0,
-                   "history": [], "elapsed_s": 0.0}
+                   "history": [], "elapsed_s": 0.0, "planned_total_steps": None,
+                   "batch_in_epoch": 0, "epoch_sums": None, "epoch_seen": 0, "epoch_train_s": 0.0,
+                   "end_of_epoch_s": 0.0}
     torch.manual_seed(config.seed)  # identical initial weights for a seed (and on every rank)
     if ckpt is not None:
         state = _read_state(ckpt)
@@ -464,15 +527,44 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
                  train_ids.size(0), valid_ids.size(0), steps_per_epoch)
 
     status = "completed"
-    for epoch in range(state["epoch"], config.epochs):
-        t0 = time.time()
+    if state.get("planned_total_steps"):
+        total_steps = int(state["planned_total_steps"])
+    planning = config.plan_seconds is not None and not state.get("planned_total_steps")
+    # A time plan replaces ``epochs``: until the speed is measured the run is open-ended.
+    epochs = (math.ceil(total_steps / steps_per_epoch) if state.get("planned_total_steps")
+              else 10**9 if planning else config.epochs)
+    if planning:
+        total_steps = 10**12  # the warm-up and the peak rate until the plan is made
+    step_s = 0.0  # slowest step seen in this run: the budget keeps room for one more
+    run_steps = 0  # steps taken by this run (stop_after_steps, the plan's speed probe)
+    probe_t = None
+    stop_run = False
+    while state["epoch"] < epochs and not stop_run and state["step"] < total_steps:
+        epoch = state["epoch"]
+        t0 = t_here = time.time()  # t0: the epoch's start (earlier chunks included); t_here: this run's
         torch.manual_seed(_epoch_seed(config.seed, epoch, rank))  # dropout, word dropout, z noise
         module.train()
         batches = epoch_batches(lengths, per_rank_batch, config.seed, epoch, rank, world)
         sums = torch.zeros(4 + model_config.latent_dim, dtype=torch.float64, device=device)
         seen = 0
-        bar = progress(total=len(batches), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not main)
-        for i, idx in enumerate(batches):
+        first = int(state.get("batch_in_epoch") or 0)
+        if first:  # a mid-epoch checkpoint: same batches, same random streams, same sums
+            _restore_rng(ckpt, device)
+            sums = torch.tensor(state["epoch_sums"], dtype=torch.float64, device=device)
+            seen = int(state["epoch_seen"])
+            t0 -= float(state.get("epoch_train_s") or 0.0)
+        bar = progress(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not main)
+        for i in range(first, len(batches)):
+            idx = batches[i]
+            t_step = time.time()
+            if state["step"] >= total_steps:
+                break  # a time-planned schedule ends mid-epoch; validate what was trained
+            if _should_stop(config, t_start, step_s, state, run_steps):
+                stop_run = True
+                state.update(batch_in_epoch=i, epoch_sums=sums.tolist(), epoch_seen=seen,
+                             epoch_train_s=time.time() - t0)
+                break
             lr = learning_rate(config, state["step"], total_steps, state["lr_scale"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -503,7 +595,31 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
                 bar.set_postfix(loss=f"{terms['loss'].item():.2f}", kl=f"{terms['kl'].item():.1f}",
                                 beta=f"{terms['beta'].item():.3f}", refresh=False)
             bar.update(1)
+            run_steps += 1
+            if device.type == "cuda" and run_steps % config.log_every == 0:
+                torch.cuda.synchronize(device)  # so step times count the GPU's work
+            step_s = max(step_s, time.time() - t_step) if run_steps > 2 else step_s
+            if planning:
+                probe_t, new_total = _plan_steps(config, state, run_steps, probe_t, steps_per_epoch, device)
+                if new_total is not None:
+                    total_steps, planning = new_total, False
+                    epochs = math.ceil(total_steps / steps_per_epoch)
+                    if "kl_anneal_steps" not in config.model and config.kl_anneal_fraction is not None:
+                        module.config.kl_anneal_steps = int(round(config.kl_anneal_fraction * total_steps))
+                    bar.set_description(f"epoch {epoch + 1}/{epochs}")
         bar.close()
+        if stop_run:
+            state["elapsed_s"] += time.time() - t_here
+            status = "time_budget"
+            if main:
+                state["train_config"] = asdict(config)
+                _write_checkpoint(out, module, vocab, optimizer, state, rng=_rng_streams(device))
+            if dist is not None:
+                dist.barrier()
+            log.info("time budget reached at epoch %d, step %d: checkpoint written; resume to "
+                     "continue", epoch + 1, state["step"])
+            break
+        t_end = time.time()
         train_seconds = time.time() - t0
         counts = torch.tensor([seen], dtype=torch.long, device=device)
         if dist is not None:
@@ -535,7 +651,7 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
             raise MolvaeError(f"validation loss became {row['val_loss']} at epoch {epoch + 1}; "
                               f"the last good checkpoint is kept in {out}. Lower --lr and resume.")
         state["history"].append(row)
-        state["epoch"] = epoch + 1
+        state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_sums=None, epoch_seen=0, epoch_train_s=0.0)
         improved = state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]
         if improved:
             state.update(best_val_loss=row["val_loss"], best_epoch=epoch + 1, bad_epochs=0, plateau_bad=0)
@@ -545,7 +661,7 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
             if config.lr_schedule == "plateau" and state["plateau_bad"] >= config.plateau_patience:
                 state["lr_scale"] *= config.plateau_factor
                 state["plateau_bad"] = 0
-        state["elapsed_s"] += time.time() - t0
+        state["elapsed_s"] += time.time() - t_here
         if main:
             if improved:
                 save_model((module, vocab), out, metrics={**row, "train_config": asdict(config)})
@@ -558,6 +674,7 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
                      row["val_token_acc"], row["active_units"], row["molecules_per_s"])
         if dist is not None:
             dist.barrier()  # the checkpoint is complete before any rank moves on
+        state["end_of_epoch_s"] = max(float(state.get("end_of_epoch_s") or 0.0), time.time() - t_end)
         if callback is not None:
             callback(row)
         if config.patience and state["bad_epochs"] >= config.patience:

@@ -151,3 +151,68 @@ def test_bad_settings_name_the_key():
         TrainConfig.from_dict({"epoch": 3})
     with pytest.raises(MolvaeError, match="vocab_size"):
         TrainConfig(model={"vocab_size": 3})
+
+
+def _same_run(a, b):
+    skip = {"seconds", "molecules_per_s"}
+    ra, rb = read_metrics(a), read_metrics(b)
+    assert len(ra) == len(rb)
+    for x, y in zip(ra, rb):
+        assert {k: v for k, v in x.items() if k not in skip} == {k: v for k, v in y.items() if k not in skip}
+    wa = load_model(a / "checkpoint", device="cpu").module.state_dict()
+    wb = load_model(b / "checkpoint", device="cpu").module.state_dict()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_two_chunks_cut_mid_epoch_give_the_model_of_one_uninterrupted_run(small_smiles, tmp_path):
+    """GPU time comes in short jobs: a run cut mid-epoch (here after 5 of 6 steps of epoch 1,
+    then again inside epoch 2) and resumed ends on exactly the weights and metrics of one run."""
+    data = make_data(small_smiles[:112])  # 96 training molecules: 6 steps per epoch
+    full = train(data, tmp_path / "full", config(epochs=2))
+    first = train(data, tmp_path / "cut", config(epochs=2, stop_after_steps=5))
+    assert first["status"] == "time_budget" and first["epochs_run"] == 0
+    state = json.loads((find_checkpoint(tmp_path / "cut") / "state.json").read_text())
+    assert (state["step"], state["batch_in_epoch"]) == (5, 5)
+    second = train(data, tmp_path / "cut", config(epochs=2, stop_after_steps=4), resume=True)
+    assert second["status"] == "time_budget" and second["epochs_run"] == 1
+    last = train(data, tmp_path / "cut", config(epochs=2), resume=True)
+    assert last["status"] == full["status"] == "completed"
+    _same_run(tmp_path / "full", tmp_path / "cut")
+
+
+def test_time_budget_ends_on_a_checkpoint_that_resumes(small_smiles, tmp_path):
+    data = make_data(small_smiles[:112])
+    cfg = config(epochs=200, time_budget_s=1.5)
+    t0 = time.time()
+    summary = train(data, tmp_path / "run", cfg)
+    assert summary["status"] == "time_budget"
+    assert time.time() - t0 < 1.5 + 1.0  # stopped in time, checkpoint included
+    state = json.loads((find_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert state["step"] > 0
+    # a resumed chunk goes on from that step, never from the beginning
+    again = train(data, tmp_path / "run", config(epochs=200, stop_after_steps=3), resume=True)
+    state2 = json.loads((find_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert again["status"] == "time_budget" and state2["step"] == state["step"] + 3
+
+
+def test_plan_seconds_fixes_the_schedule_for_every_chunk(small_smiles, tmp_path):
+    """The schedule is planned once, from the measured speed, and later chunks keep it."""
+    data = make_data(small_smiles[:112])
+    # 20 s of planned training: ~55 steps on a busy CPU, hundreds on an idle one; the plan
+    # is made after 30 steps and the first chunk ends at 31, before the plan is used up.
+    first = train(data, tmp_path / "run", config(epochs=1, plan_seconds=20.0, stop_after_steps=31))
+    state = json.loads((find_checkpoint(tmp_path / "run") / "state.json").read_text())
+    planned = state["planned_total_steps"]
+    assert planned > 31 and first["status"] == "time_budget" and state["step"] == 31
+    ckpt_cfg = json.loads((find_checkpoint(tmp_path / "run") / "model.json").read_text())["config"]
+    assert ckpt_cfg["kl_anneal_steps"] == round(0.3 * planned)
+    done = train(data, tmp_path / "run", config(epochs=1, plan_seconds=20.0), resume=True)
+    assert done["status"] == "completed"
+    assert done["last"]["step"] == planned  # ends on the plan, not on epochs=1
+
+
+@pytest.mark.parametrize("key", ["time_budget_s", "plan_seconds", "stop_after_steps"])
+def test_nonsense_budgets_are_refused(key):
+    with pytest.raises(MolvaeError, match=key):
+        TrainConfig(**{key: -1})
