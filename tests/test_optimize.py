@@ -21,6 +21,7 @@ import torch
 
 from molvae import chem
 from molvae import optimize as opt
+from molvae.optimize import region
 from molvae.errors import MolvaeError
 from molvae.optimize import optimize, pareto_mask, sample_prior_baseline, top_k_auc
 
@@ -115,7 +116,7 @@ def fake(library):
 
 @pytest.fixture(autouse=True)
 def _small_pca(monkeypatch):
-    monkeypatch.setattr(opt, "PCA_MOLECULES", 400)  # the shipped default encodes 5000
+    monkeypatch.setattr(region, "PCA_MOLECULES", 400)  # the shipped default encodes 5000
 
 
 # ---------------------------------------------------------------------------- budget, dedup
@@ -256,7 +257,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from molvae.data import bundled
     from test_optimize import Counting, FakeVAE
     from pathlib import Path
-    opt.PCA_MOLECULES = 400
+    opt.region.PCA_MOLECULES = 400
     out = Path({out!r})
     objective = Counting(out.parent / "scored.txt", delay={delay})
     opt.optimize(FakeVAE(bundled("train")[:{library}]), objective, budget={budget}, sampler={sampler!r},

@@ -1,0 +1,253 @@
+"""The molecule ledger: every unique molecule scored, in oracle order, kept in memory as
+the dedup cache and on disk as ``molecules.csv`` (append-only, fsynced each batch).
+
+Its interface to the search is small: :meth:`MoleculeLog.lock`, :meth:`~MoleculeLog.sync`,
+:meth:`~MoleculeLog.append`, the claims (:meth:`~MoleculeLog.read_claims`,
+:meth:`~MoleculeLog.write_claims`) and the queries (``index``, ``scores``,
+:meth:`~MoleculeLog.values`, :meth:`~MoleculeLog.frame`). Several worker processes share one
+file under an ``fcntl`` lock; each new molecule is first *claimed* (``claims.tsv``, with the
+claimant's pid) so that no other worker scores it meanwhile, and the claims of dead processes
+(:func:`_alive`) are ignored. Another backend (a database shared by machines without a shared
+disk) needs only the same methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import MolvaeError
+
+log = logging.getLogger(__name__)
+
+MOLECULES_FILE = "molecules.csv"
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "True" if value else "False"
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else repr(float(value))
+    return str(value)
+
+
+class MoleculeLog:
+    """The dedup cache and its append-only file: every unique molecule scored, in oracle order.
+
+    ``path=None`` keeps it in memory only. With ``shared=True`` several processes append to
+    one file under an exclusive lock, and each new molecule is first *claimed* (in
+    ``claims.tsv``, with the claimant's pid) so that no other worker scores it meanwhile; the
+    claims of dead processes are ignored.
+    """
+
+    INT_COLUMNS = ("oracle_call", "trial", "batch", "worker")
+
+    def __init__(self, path: Path | None, columns: list[str], value_columns: list[str],
+                 shared: bool = False):
+        self.path = path
+        self.columns = columns
+        self.value_columns = value_columns
+        self.shared = shared
+        self.rows: list[list[Any]] = []
+        self.index: dict[str, int] = {}       # smiles -> row
+        # 'score' in oracle order; for several objectives the mean of their values, which
+        # only ranks molecules and drives the stop rules (each value is kept in its column).
+        self.scores: list[float] = []
+        self._value_idx = [columns.index(c) for c in value_columns]
+        self._col = {c: i for i, c in enumerate(columns)}
+        self._offset = 0
+        self._lock_fh = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self.lock():
+                if not path.exists() or path.stat().st_size == 0:
+                    with open(path, "w", newline="") as fh:
+                        fh.write(",".join(columns) + "\n")
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                self._read_header()
+                self.sync()
+
+    # -------------------------------------------------------------- file access
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive lock over the file and the claims (a no-op in memory)."""
+        if self.path is None:
+            yield
+            return
+        fh = open(self.path.with_name(self.path.name + ".lock"), "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+    def _read_header(self) -> None:
+        with open(self.path, "rb") as fh:
+            header = fh.readline()
+        found = header.decode().rstrip("\r\n").split(",")
+        if found != self.columns:
+            raise MolvaeError(
+                f"{self.path}: its columns ({', '.join(found)}) are not those of this objective "
+                f"({', '.join(self.columns)}); the folder holds a run with another objective. "
+                "Use a new output folder, or the objective that run used.")
+        self._offset = len(header)
+
+    def sync(self) -> int:
+        """Read rows appended since the last read (by this or another process); returns how
+        many. Call under :meth:`lock` when the file is shared. A partial last line (a writer
+        killed mid-write) is cut off, since no live writer can be writing it."""
+        if self.path is None:
+            return 0
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning("%s: dropping a partial last line left by an interrupted write", self.path)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(self._offset + end)
+        n = 0
+        for record in csv.reader(io.StringIO(data[:end].decode())):
+            if not record:
+                continue
+            if len(record) != len(self.columns):
+                raise MolvaeError(f"{self.path}: a row has {len(record)} fields, expected "
+                                  f"{len(self.columns)}; the file was edited or corrupted")
+            self._add(self._parse(record))
+            n += 1
+        self._offset += end
+        return n
+
+    def _parse(self, record: list[str]) -> list[Any]:
+        out: list[Any] = []
+        for name, text in zip(self.columns, record):
+            if name == "smiles":
+                out.append(text)
+            elif name == "feasible":
+                out.append(text == "True")
+            elif name in self.INT_COLUMNS:
+                out.append(int(text) if text else -1)
+            else:
+                out.append(float(text) if text else float("nan"))
+        return out
+
+    def _add(self, row: list[Any]) -> None:
+        self.index[row[self._col["smiles"]]] = len(self.rows)
+        self.rows.append(row)
+        values = [row[j] for j in self._value_idx]
+        self.scores.append(values[0] if len(values) == 1 else float(np.mean(values)))
+
+    def append(self, table: pd.DataFrame, extra: dict[str, Any]) -> list[int]:
+        """Append scored molecules (rows of a score table plus ``extra`` columns, which may be
+        lists) with the next oracle-call numbers; written and fsynced before returning."""
+        start = len(self.rows) + 1
+        new_rows = []
+        for i, rec in enumerate(table.to_dict("records")):
+            rec = dict(rec)
+            rec["oracle_call"] = start + i
+            for k, v in extra.items():
+                rec[k] = v[i] if isinstance(v, list) else v
+            new_rows.append([rec.get(c) for c in self.columns])
+        if self.path is not None and new_rows:
+            text = "".join(",".join(_csv_field(_format(v)) for v in r) + "\n" for r in new_rows)
+            with open(self.path, "a", newline="") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._offset += len(text.encode())
+        for r in new_rows:
+            self._add([_coerce(c, v) for c, v in zip(self.columns, r)])
+        return list(range(start, start + len(new_rows)))
+
+    # -------------------------------------------------------------- claims (shared logs)
+
+    def _claims_path(self) -> Path:
+        return self.path.with_name("claims.tsv")
+
+    def read_claims(self) -> dict[str, int]:
+        """smiles -> pid of live claimants (call under :meth:`lock`)."""
+        if not self.shared or self.path is None or not self._claims_path().exists():
+            return {}
+        out = {}
+        for line in self._claims_path().read_text().splitlines():
+            pid, _, smiles = line.partition("\t")
+            if smiles and smiles not in self.index and _alive(int(pid)):
+                out[smiles] = int(pid)
+        return out
+
+    def write_claims(self, claims: dict[str, int]) -> None:
+        if not self.shared or self.path is None:
+            return
+        tmp = self._claims_path().with_suffix(".tmp")
+        tmp.write_text("".join(f"{pid}\t{s}\n" for s, pid in claims.items()))
+        os.replace(tmp, self._claims_path())
+
+    # -------------------------------------------------------------- queries
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def values(self, smiles: str) -> list[float]:
+        row = self.rows[self.index[smiles]]
+        return [row[self._col[c]] for c in self.value_columns]
+
+    def frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.rows, columns=self.columns)
+        return df.astype({"feasible": bool}) if len(df) else df
+
+    def last_seconds(self) -> float:
+        return float(self.rows[-1][self._col["seconds"]]) if self.rows else 0.0
+
+    def max_of(self, column: str, default: int = -1) -> int:
+        if not self.rows:
+            return default
+        j = self._col[column]
+        return int(max(r[j] for r in self.rows))
+
+
+def _csv_field(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n\r') else text
+
+
+def _coerce(column: str, value: Any) -> Any:
+    if column == "smiles":
+        return value
+    if column == "feasible":
+        return bool(value)
+    if column in MoleculeLog.INT_COLUMNS:
+        return int(value) if value is not None else -1
+    return float(value) if value is not None else float("nan")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a claimant process still runs. A killed worker whose parent died too may stay
+    a zombie (in a container nobody reaps it): it exists, but it will never write."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
