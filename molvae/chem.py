@@ -3,6 +3,13 @@
 Functions take SMILES strings or RDKit molecules and never raise on bad chemistry: they
 return ``None`` (or a reason string) so a batch of a million molecules is never stopped by
 one broken row.
+
+Strings are checked before RDKit sees them: RDKit's SMILES writer recurses once per atom of
+a chain and kills the interpreter with a segfault at about 20,000 atoms (measured: a chain
+of 17,000 carbons is written, 20,000 crash, with the default 8 MB stack), and it
+reads ``"CC O"`` as ethane named ``O``. So :func:`to_mol` refuses strings longer than
+:data:`MAX_PARSE_CHARS` or with whitespace or control characters inside, and
+:func:`standardize` says why.
 """
 
 from __future__ import annotations
@@ -27,12 +34,52 @@ RDLogger.DisableLog("rdApp.*")  # invalid molecules are reported by us, row by r
 # ---------------------------------------------------------------------------- parsing
 
 
+#: Longest SMILES :func:`standardize` accepts by default. MOSES SMILES are under 100
+#: characters and a molecule of 100 SELFIES tokens (the default ``max_len``) needs well under
+#: 1,000, so this only refuses what no model here could learn; ``data.prepare`` raises it
+#: with ``--max-len`` (10 characters per token).
+MAX_SMILES_CHARS = 1_000
+#: Longest string :func:`to_mol` hands to RDKit at all: half the chain length that crashes
+#: RDKit's writer (see the module docstring).
+MAX_PARSE_CHARS = 10_000
+#: Elements of "organic" molecules kept by :func:`standardize` (with carbon required):
+#: the elements of drug-like and MOSES/ZINC/ChEMBL-style organic chemistry. Metals, noble
+#: gases and actinides are refused with the element named.
+ORGANIC_ELEMENTS = frozenset({"H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Se", "Br", "I"})
+
+
+def short(text: Any, limit: int = 80) -> str:
+    """``repr`` of user input cut to ``limit`` characters, for error messages."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def _bad_character(text: str) -> str | None:
+    """Why ``text`` cannot be one SMILES by its characters alone, or ``None``."""
+    if text.isascii() and text.isprintable() and " " not in text:
+        return None
+    i, ch = next((i, c) for i, c in enumerate(text) if not (c.isascii() and c.isprintable()) or c == " ")
+    if ch.isspace():
+        return (f"invalid SMILES: whitespace {ch!r} inside it at position {i + 1} (RDKit would read "
+                f"only {short(text[:i], 40)} and drop the rest)")
+    return f"invalid SMILES: character {ch!r} at position {i + 1} cannot be part of a SMILES"
+
+
 def to_mol(smiles: str | None) -> Chem.Mol | None:
-    """Parse a SMILES string into a sanitized RDKit molecule, or ``None`` if it is invalid."""
-    if smiles is None or not isinstance(smiles, str) or not smiles.strip():
+    """Parse a SMILES string into a sanitized RDKit molecule, or ``None`` if it is invalid.
+
+    Leading and trailing whitespace is ignored; strings longer than :data:`MAX_PARSE_CHARS`,
+    or with whitespace or control characters inside, are ``None`` without reaching RDKit.
+    """
+    if smiles is None or not isinstance(smiles, str):
+        return None
+    text = smiles.strip()
+    if not text or len(text) > MAX_PARSE_CHARS or _bad_character(text) is not None:
         return None
     try:
-        return Chem.MolFromSmiles(smiles.strip())
+        return Chem.MolFromSmiles(text)
     except Exception:  # RDKit raises on some pathological inputs instead of returning None
         return None
 
@@ -49,10 +96,28 @@ _uncharger = None
 _fragment_chooser = None
 
 
-def standardize(smiles: Any, keep_stereo: bool = True) -> tuple[str | None, str | None]:
+def _not_organic(mol: Chem.Mol) -> str | None:
+    symbols = {a.GetSymbol() for a in mol.GetAtoms()}
+    odd = sorted(symbols - ORGANIC_ELEMENTS)
+    if odd:
+        allowed = " ".join(sorted(ORGANIC_ELEMENTS, key=lambda e: Chem.GetPeriodicTable().GetAtomicNumber(e)))
+        what = "a dummy atom *" if odd == ["*"] else f"element {', '.join(odd)}"
+        return f"not an organic molecule: {what} (organic elements: {allowed})"
+    if "C" not in symbols:
+        return f"not an organic molecule: no carbon in {Chem.MolToSmiles(mol)}"
+    return None
+
+
+def standardize(smiles: Any, keep_stereo: bool = True,
+                max_chars: int = MAX_SMILES_CHARS) -> tuple[str | None, str | None]:
     """Standardize one molecule: parse, keep the largest fragment, neutralize, canonicalize.
 
-    - Salts and solvents are stripped by keeping the largest organic fragment.
+    - Strings longer than ``max_chars``, or with whitespace or control characters inside,
+      are refused before RDKit parses them (see the module docstring).
+    - Salts and solvents are stripped by keeping the largest organic fragment. What is
+      kept must be organic: contain carbon, and only :data:`ORGANIC_ELEMENTS` (so NaCl,
+      water, ``[U+6]`` or ``[Fe+2]`` alone are refused with the reason, never kept as
+      ``Cl``, ``O`` or a bare metal).
     - Charges are neutralized only where a proton can be added or removed (RDKit's
       ``Uncharger``); quaternary ammonium and nitro groups keep their formal charges, since
       neutralizing those would change the compound.
@@ -69,6 +134,12 @@ def standardize(smiles: Any, keep_stereo: bool = True) -> tuple[str | None, str 
     text = smiles.strip()
     if not text:
         return None, "empty SMILES"
+    if len(text) > min(max_chars, MAX_PARSE_CHARS):
+        return None, (f"too long: {len(text):,} characters > {min(max_chars, MAX_PARSE_CHARS):,} "
+                      "(refused before parsing; drug-sized molecules need under 200)")
+    bad = _bad_character(text)
+    if bad is not None:
+        return None, bad
     mol = to_mol(text)
     if mol is None:
         return None, "invalid SMILES (RDKit could not parse or sanitize it)"
@@ -79,6 +150,9 @@ def standardize(smiles: Any, keep_stereo: bool = True) -> tuple[str | None, str 
             _fragment_chooser = rdMolStandardize.LargestFragmentChooser(preferOrganic=True)
             _uncharger = rdMolStandardize.Uncharger()
         mol = _fragment_chooser.choose(mol)
+        reason = _not_organic(mol)
+        if reason is not None:
+            return None, reason
         mol = _uncharger.uncharge(mol)
         Chem.SanitizeMol(mol)
         if not keep_stereo:

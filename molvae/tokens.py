@@ -124,11 +124,13 @@ class Vocabulary:
         toks = split_selfies(selfies)
         if not toks:
             raise EncodeError("empty SELFIES")
+        # Length first: an over-long molecule often also needs a token that only long
+        # molecules use ([Ring3], [Branch3]), and its length is what the user must know.
+        if len(toks) > self.max_len:
+            raise EncodeError(f"too long: {len(toks)} SELFIES tokens > max_len {self.max_len}")
         for t in toks:
             if t not in self.stoi or t in SPECIALS:
                 raise EncodeError(f"token {t} is not in the vocabulary")
-        if len(toks) > self.max_len:
-            raise EncodeError(f"too long: {len(toks)} SELFIES tokens > max_len {self.max_len}")
         return [self.bos_id] + [self.stoi[t] for t in toks] + [self.eos_id]
 
     def encode(self, smiles: str) -> list[int]:

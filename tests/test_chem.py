@@ -88,3 +88,39 @@ def test_parallel_batches_match_serial(small_smiles):
     assert par == ser
     props = chem.properties_many(small_smiles[:100], workers=1, progress=False)
     assert list(props.columns) == list(chem.MAIN_PROPERTIES) and len(props) == 100
+
+
+def test_giant_smiles_is_refused_before_rdkit_sees_it():
+    # 2,000 characters is safe to parse here; 20,000 would crash RDKit's SMILES writer
+    # (see tests/test_hostile_input.py, which tries that in a subprocess).
+    smi, reason = chem.standardize("C" * 2_000)
+    assert smi is None and "too long" in reason and "2,000 characters" in reason
+    assert chem.to_mol("C" * (chem.MAX_PARSE_CHARS + 1)) is None
+    # a molecule of ordinary size is untouched
+    assert chem.standardize("C" * 60)[0] == "C" * 60
+
+
+@pytest.mark.parametrize("raw, named", [
+    ("[Na+].[Cl-]", "carbon"),   # table salt: no organic fragment (it used to become "Cl")
+    ("O", "carbon"),             # water
+    ("[U]", "U"),
+    ("[U+6]", "U"),
+    ("[Fe+2]", "Fe"),
+    ("CC[Sn](CC)(CC)CC", "Sn"),  # organometallic: carbon, but an element outside the set
+    ("*CC", "*"),
+])
+def test_standardize_keeps_only_organic_molecules(raw, named):
+    smi, reason = chem.standardize(raw)
+    assert smi is None and named in reason
+
+
+def test_standardize_keeps_the_organic_part_of_a_salt_of_an_odd_element():
+    assert chem.standardize("CC(=O)[O-].[U+6]") == ("CC(=O)O", None)
+
+
+@pytest.mark.parametrize("raw", ["CC\tO", "CC O", "CC\x00O", "CC\nO", "CCé"])
+def test_whitespace_or_control_characters_inside_a_smiles_are_not_silently_cut(raw):
+    # RDKit reads "CC O" as ethane named "O": the rest of the field would be lost silently.
+    smi, reason = chem.standardize(raw)
+    assert smi is None and "position 3" in reason
+    assert chem.to_mol(raw) is None

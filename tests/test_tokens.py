@@ -68,3 +68,10 @@ def test_bundled_sample_and_10k_test_molecules_round_trip_exactly(train_smiles):
     failures = [s for s, good in zip(everything, ok) if not good]
     assert len(everything) == 110_000
     assert failures == []
+
+
+def test_length_is_reported_before_an_unknown_token(vocab):
+    # A 302-atom macrocycle needs [Ring3], a token drug-sized molecules never use: the
+    # reason a user needs is the length, not the token.
+    with pytest.raises(EncodeError, match=f"too long: .* > max_len {vocab.max_len}"):
+        vocab.encode("C1" + "C" * 300 + "C1")
