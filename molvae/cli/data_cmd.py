@@ -12,12 +12,14 @@ def register(sub, bench) -> None:
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
 
     p = dsub.add_parser("prepare", help="standardize, deduplicate, encode and split a SMILES file")
-    p.add_argument("input", help=".csv/.tsv/.smi file (optionally .gz), or 'bundled' for the MOSES 100k sample")
+    p.add_argument("input", help=".csv/.tsv/.smi/.txt file (optionally .gz; the delimiter is read from the "
+                                 "header line), or 'bundled' for the MOSES 100k sample")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--smiles-column", default=None, help="column holding SMILES (default: smiles/SMILES)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--valid-fraction", type=float, default=0.05)
-    p.add_argument("--max-len", type=int, default=None, help="longest molecule kept, in SELFIES tokens (100)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="longest molecule kept, in SELFIES tokens, 1 to 1000 (default 100)")
     p.add_argument("--vocab", default=None, help="reuse this vocab.json (e.g. a model's) instead of building one")
     p.add_argument("--no-stereo", action="store_true", help="drop stereochemistry")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
