@@ -11,6 +11,7 @@ MODEL_HELP = "model folder (default: the pretrained model shipped in data/models
 def register(sub, bench) -> None:
     from ..optimize import (DEFAULT_BATCH_SIZE, DEFAULT_BOUND, DEFAULT_COMPONENTS, DEFAULT_SAMPLER,
                             DEFAULT_SIMILARITY, DEFAULT_TRUST_RADIUS, SAMPLERS)
+    from ..optimize.adapt import ADAPT_METHODS, DEFAULT_ADAPT, AdaptConfig
 
     p = sub.add_parser("optimize", help="search the latent space for molecules that score well",
                        description="Optuna searches the VAE's latent space (a PCA box of the encoded "
@@ -47,6 +48,12 @@ def register(sub, bench) -> None:
     p.add_argument("--trust-radius", type=float, default=DEFAULT_TRUST_RADIUS,
                    help="with --lead: trust-region half-width, in sd")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adapt", choices=ADAPT_METHODS, default=DEFAULT_ADAPT,
+                   help="retrain: every --adapt-every calls, fine-tune a copy of the model on the "
+                        "molecules scored so far and restart the search around the best "
+                        f"(default {DEFAULT_ADAPT})")
+    p.add_argument("--adapt-every", type=int, default=None,
+                   help=f"with --adapt retrain: oracle calls between adaptations (default {AdaptConfig.every})")
     p.set_defaults(func=cmd_optimize)
 
     b = bench.add_parser("optimize", help="optimizers vs prior sampling on standard tasks (AUC top-10)")
@@ -99,7 +106,8 @@ def cmd_optimize(args) -> int:
                      similarity_threshold=args.min_similarity, scaffold=args.scaffold,
                      storage=args.storage, workers=args.workers, time_limit=args.time_limit,
                      target=args.target, patience=args.patience, n_components=args.components,
-                     bound=args.bound, trust_radius=args.trust_radius)
+                     bound=args.bound, trust_radius=args.trust_radius, adapt=args.adapt,
+                     adapt_every=args.adapt_every)
     s = table.attrs["summary"]
     names = getattr(objective, "names", None) if "pareto" in table else None
     values = [f"{n}_score" for n in names] if names else ["score"]

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .. import chem
 from ..errors import MolvaeError
+from .adapt import AdaptConfig, Adapter, adapt_config, search_with_adaptation
 from .ledger import MOLECULES_FILE, MoleculeLog
 from .loop import (DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, _decode, _OptunaProposer,
                    _PriorProposer, _search, _Settings, _Stats, make_sampler)
@@ -93,7 +94,8 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
              patience: int | None = None, n_components: int | None = None,
              bound: float = DEFAULT_BOUND, trust_radius: float = DEFAULT_TRUST_RADIUS,
              duplicates: str = "penalize", study_name: str | None = None,
-             progress: bool = True) -> pd.DataFrame:
+             progress: bool = True, adapt: str | AdaptConfig | None = None,
+             adapt_every: int | None = None) -> pd.DataFrame:
     """Search the model's latent space for molecules that maximize ``objective``.
 
     Args:
@@ -122,6 +124,9 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         n_components, bound: the search box: first ``n_components`` principal axes of the
             encoded training set (default :data:`DEFAULT_COMPONENTS`, at most the latent
             dimension), ±``bound`` sd.
+        adapt, adapt_every: ``"retrain"`` fine-tunes a copy of the model on the molecules
+            scored so far every ``adapt_every`` oracle calls and restarts the search around the
+            best of them (:mod:`molvae.optimize.adapt`); ``"none"`` (default) keeps the model.
 
     Returns:
         The molecules table (columns as ``molecules.csv``; ``pareto`` for several
@@ -148,6 +153,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
     multi = isinstance(obj, MultiObjective)
     sampler = (sampler or (DEFAULT_MULTI_SAMPLER if multi else DEFAULT_SAMPLER)).lower()
     make_sampler(sampler, seed, batch_size, multi)  # validate the name early
+    adapting = adapt_config(adapt, adapt_every, sampler, multi, workers)
 
     lead_std = None
     filters = []
@@ -182,6 +188,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         "trust_radius": trust_radius if lead is not None else None,
         "lead": lead_std, "similarity_threshold": similarity_threshold if lead is None else threshold,
         "scaffold": scaffold, "columns": scorer.columns,
+        **({"adapt": adapting.settings()} if adapting is not None else {}),
     }
     resumed = _check_run(out, run_settings) if out is not None else False
 
@@ -237,7 +244,15 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         mirror = _Mirror(shared_study) if persistent is not None else None
         proposer = _OptunaProposer(study, space, mirror)
         try:
-            stats, reason = _search(model, proposer, scorer, mlog, settings, 0, time_offset, started)
+            if adapting is None:
+                stats, reason = _search(model, proposer, scorer, mlog, settings, 0, time_offset, started)
+            else:  # rounds on an adapted copy of the model, each with a fresh sampler
+                adapter = Adapter(model, adapting, out, seed, space.k)
+                stats, reason = search_with_adaptation(
+                    adapter, study, adapter.resume(space),
+                    lambda region, rnd: make_sampler(sampler, eff_seed, batch_size, multi,
+                                                     region.distributions(), stream=rnd),
+                    scorer, mlog, settings, mirror, time_offset, started)
         finally:
             if mirror is not None:
                 wait = mirror.close()
@@ -257,7 +272,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
             "n_components": space.k, "search_region": space.kind,
             "region_bound_sd": space.bound, "explained_variance": space.explained,
             "lead": lead_std, "scaffold": scaffold, "resumed_from_calls": previous,
-            "model": fp}
+            "model": fp, **(adapter.info() if adapting is not None else {})}
     summary = _summarize(mlog, scorer, stats, wall, budget, reason, info)
     table = _table(mlog, scorer)
     if out is not None:

@@ -1,0 +1,364 @@
+"""Model adaptation: the search moves the model, not only the point.
+
+CMA-ES in a fixed box converges, and the decoder it searches stays the one trained on MOSES.
+With ``adapt="retrain"`` the search runs in rounds; between rounds the model learns from the
+molecules scored so far (weighted retraining, Tripp et al. 2020) and the search region moves
+to where the best of them now encode::
+
+    round r:  CMA-ES (stream r) in region r ──► every ``every`` oracle calls (or a stall) ──┐
+        ▲                                                                                   │
+        │   region r+1: a trust region of ±``radius`` sd around the best molecule's code     │
+        └── fine-tune on the ledger: molecules drawn with weight 1/(k·N + rank), ELBO ◄─────┘
+
+*Fine-tuning.* ``molecules`` draws (with replacement) from the ledger, each molecule weighted
+by ``1 / (rank_k * N + rank)`` (rank 0 = the best of the N scored; ``rank_k`` = 1e-3 as in
+Tripp et al.), one pass in batches of ``batch_size`` with AdamW at ``lr``, the model's own
+β-ELBO. Only the decoder learns by default (``decoder_only``): the encoder, hence the
+principal axes of the search region and every encoding, stays fixed, so no PCA has to be
+re-fitted (re-fitting it on 2,000 encodings after a full fine-tune cost more than the
+fine-tune itself on the 2-core CPU) and the encoder needs no backward pass.
+
+*Run folder.* Each round writes ``adapt/round_NNN.safetensors`` (the adapted weights,
+safetensors, no pickles) and ``adapt/round_NNN.npz`` (its search region), then
+``adapt/state.json`` naming them with the oracle call at which they were made; each file is
+written to a temporary name and renamed, and ``state.json`` last, so a kill at any moment
+leaves the last complete round. A resumed run loads that round's weights and region and
+restarts its CMA-ES from the trials of that round (``molvae:cma`` stream = the round), so it
+continues as the killed run would have, and the ledger keeps every molecule scored once.
+
+The caller's model is never changed: the adapted weights live in a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import MolvaeError
+from .ledger import MoleculeLog
+from .loop import _OptunaProposer, _search, _Settings, _Stats
+from .region import SearchSpace, fit_latent_pca, trust_region
+from .storage import _Mirror
+
+log = logging.getLogger(__name__)
+
+ADAPT_METHODS = ("none", "retrain")
+DEFAULT_ADAPT = "none"
+ADAPT_DIR = "adapt"
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+
+
+@dataclass
+class AdaptConfig:
+    """How the model adapts to the objective during a search (see the module docstring)."""
+
+    method: str = "retrain"
+    every: int = 250              # oracle calls between adaptations
+    molecules: int = 256          # rank-weighted draws from the ledger per fine-tune
+    lr: float = 3e-4
+    batch_size: int = 32
+    rank_k: float = 1e-3          # Tripp et al.'s k in 1 / (k N + rank)
+    radius: float = 2.0           # half-width of the next region, sd of the encoded data
+    decoder_only: bool = True
+
+    def __post_init__(self):
+        if self.method not in ADAPT_METHODS:
+            raise MolvaeError(f"adapt must be one of {', '.join(ADAPT_METHODS)}, got {self.method!r}")
+        for name in ("every", "molecules", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise MolvaeError(f"adapt {name} must be a positive integer, got {v!r}")
+        for name in ("lr", "rank_k", "radius"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise MolvaeError(f"adapt {name} must be a positive number, got {v!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """What run.json records: a resumed run must adapt the same way."""
+        return dataclasses.asdict(self)
+
+
+def rank_weights(scores: np.ndarray, k: float) -> np.ndarray:
+    """Tripp et al.'s weights ``1 / (k N + rank)``, rank 0 for the best score."""
+    s = np.asarray(scores, dtype=float)
+    s = np.where(np.isfinite(s), s, -np.inf)
+    order = np.argsort(-s, kind="stable")
+    rank = np.empty(len(s))
+    rank[order] = np.arange(len(s))
+    return 1.0 / (k * len(s) + rank)
+
+
+def finetune(model, smiles: list[str], scores: np.ndarray, config: AdaptConfig, seed: int) -> dict[str, float]:
+    """Fine-tune ``model`` (a MolVAE, in place) on rank-weighted draws from scored molecules;
+    returns the mean loss and the molecules per second."""
+    import torch
+
+    module, vocab = model.module, model.vocab
+    ids, keep = [], []
+    for i, s in enumerate(smiles):
+        x, _ = vocab.try_encode(s)   # a decoded molecule can still fail (length, new token)
+        if x is not None:
+            ids.append(x)
+            keep.append(i)
+    if not ids:
+        return {"loss": float("nan"), "molecules_per_s": 0.0}
+    w = rank_weights(np.asarray(scores, dtype=float)[keep], config.rank_k)
+    data = vocab.to_tensor(ids)
+    trained = [p for n, p in module.named_parameters()
+               if not config.decoder_only or n.split(".")[0] in ("latent_to_hidden", "decoder", "output")]
+    frozen = [p for p in module.parameters() if all(p is not q for q in trained)]
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=0.0)
+    losses = []
+    t = time.perf_counter()
+    module.train()
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pick = torch.multinomial(torch.as_tensor(w), config.molecules, replacement=True)
+            for i in range(0, len(pick), config.batch_size):
+                batch = data[pick[i:i + config.batch_size]]
+                width = int((batch != vocab.pad_id).sum(1).max())
+                batch = batch[:, :max(width, 2)].to(module.device)
+                if config.decoder_only:
+                    loss = _decoder_loss(module, batch)
+                else:
+                    logits, mu, logvar = module(batch)
+                    loss = module.loss_terms(batch, logits, mu, logvar, step=10**9)["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trained, 10.0)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        module.eval()
+    dt = time.perf_counter() - t
+    return {"loss": float(np.mean(losses)), "molecules_per_s": config.molecules / dt if dt > 0 else float("nan")}
+
+
+def _decoder_loss(module, ids):
+    """The reconstruction term with the encoder fixed: codes from the frozen posterior, word
+    dropout as in training (the KL term has no gradient in the decoder)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        mu, logvar = module.encode(ids)
+        z = module.reparameterize(mu, logvar)
+    inputs = ids[:, :-1]
+    if module.config.word_dropout > 0:
+        drop = torch.rand(inputs.shape, device=inputs.device) < module.config.word_dropout
+        drop[:, 0] = False
+        inputs = inputs.masked_fill(drop, module.pad_id)
+    logits = module.decode_logits(z, inputs)
+    ce = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], ignore_index=module.pad_id,
+                         reduction="none")
+    return ce.sum(1).mean()
+
+
+class Adapter:
+    """The adapted model (a copy of the caller's), its current search region and round, and
+    their files in the run folder (``out=None``: memory only)."""
+
+    def __init__(self, model, config: AdaptConfig, out: Path | None, seed: int, n_components: int):
+        self.config = config
+        self.model = _copy_model(model)
+        self.base_model = model
+        self.dir = out / ADAPT_DIR if out is not None else None
+        self.seed = seed
+        self.n_components = n_components
+        self.round = 0
+        self.calls: list[int] = []     # the oracle call of each round's adaptation
+        self.history: list[dict] = []
+        self._pca = None
+
+    # ---------------------------------------------------------------- files
+
+    def resume(self, space: SearchSpace) -> SearchSpace:
+        """Load the last complete round from the run folder, if any; returns its region (or
+        ``space``, round 0's)."""
+        if self.dir is None or not (self.dir / STATE_FILE).exists():
+            return space
+        f = self.dir / STATE_FILE
+        try:
+            state = json.loads(f.read_text())
+            if state.get("version") != STATE_VERSION:
+                raise ValueError(f"version {state.get('version')!r}, expected {STATE_VERSION}")
+            rnd, calls = int(state["round"]), [int(c) for c in state["oracle_calls"]]
+            weights, region = self.dir / str(state["weights"]), self.dir / str(state["space"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MolvaeError(f"{f}: unreadable adaptation state ({exc}); delete {self.dir} to "
+                              "restart adaptation from the shipped model, or use a new output folder") from None
+        _load_weights(self.model, weights)
+        self.round, self.calls = rnd, calls
+        self.history = list(state.get("history", []))
+        log.info("resuming adaptation round %d (made at oracle call %d)", rnd, calls[-1] if calls else 0)
+        return SearchSpace.load(region)
+
+    def _save(self, space: SearchSpace) -> None:
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stem = f"round_{self.round:03d}"
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.module.state_dict().items()}
+        tmp = self.dir / f"{stem}.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"round": str(self.round), "oracle_call": str(self.calls[-1])})
+        _fsync(tmp)
+        os.replace(tmp, self.dir / f"{stem}.safetensors")
+        space.save(self.dir / f"{stem}.npz")
+        doc = {"version": STATE_VERSION, "round": self.round, "oracle_calls": self.calls,
+               "weights": f"{stem}.safetensors", "space": f"{stem}.npz", "history": self.history}
+        tmp = self.dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        _fsync(tmp)
+        os.replace(tmp, self.dir / STATE_FILE)
+        for old in self.dir.glob("round_*"):  # earlier rounds are no longer needed
+            if not old.name.startswith(stem):
+                old.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- one adaptation
+
+    def next_call(self, budget: int) -> int:
+        """The oracle call at which the next adaptation is due."""
+        return min(budget, (self.calls[-1] if self.calls else 0) + self.config.every)
+
+    def adapt(self, mlog: MoleculeLog, space: SearchSpace) -> SearchSpace:
+        """Fine-tune on the ledger, move the region to the best molecule, save; returns the
+        new region (``space``, the current one, when no scored molecule can be encoded)."""
+        t = time.perf_counter()
+        df = mlog.frame()
+        smiles = df["smiles"].tolist()
+        scores = np.asarray(mlog.scores, dtype=float)
+        self.round += 1
+        self.calls.append(len(mlog))
+        fit = finetune(self.model, smiles, scores, self.config, seed=_round_seed(self.seed, self.round))
+        space = self._region(smiles, scores, space)
+        self.history.append({"round": self.round, "oracle_call": len(mlog), "loss": fit["loss"],
+                             "molecules_per_s": fit["molecules_per_s"], "seconds": time.perf_counter() - t})
+        if self.dir is not None:
+            self._save(space)
+        log.info("adaptation round %d at oracle call %d: loss %.2f, %.0f mol/s, %.1f s", self.round,
+                 len(mlog), fit["loss"], fit["molecules_per_s"], time.perf_counter() - t)
+        return space
+
+    def _region(self, smiles: list[str], scores: np.ndarray, space: SearchSpace) -> SearchSpace:
+        if self._pca is None:
+            # The encoder is unchanged with decoder_only, so the base model's (cached) axes hold.
+            self._pca = fit_latent_pca(self.base_model if self.config.decoder_only else self.model)
+        order = [i for i in np.argsort(-np.where(np.isfinite(scores), scores, -np.inf), kind="stable")]
+        for start in range(0, len(order), 16):
+            chunk = [smiles[i] for i in order[start:start + 16]]
+            mu, _, ok, _ = self.model.try_encode(chunk)
+            if any(ok):
+                center = mu[0].detach().cpu().double().numpy()
+                return trust_region(self._pca, center, self.n_components, self.config.radius)
+        return space
+
+    def info(self) -> dict[str, Any]:
+        return {"adapt": self.config.method, "adapt_rounds": self.round, "adapt_oracle_calls": list(self.calls)}
+
+
+def _round_seed(seed: int, rnd: int) -> int:
+    return (seed * 1_000_003 + rnd * 7_919) % (2**31 - 1)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _copy_model(model):
+    new = copy.copy(model)
+    new.module = copy.deepcopy(model.module)
+    return new
+
+
+def _load_weights(model, path: Path) -> None:
+    """Adapted weights into ``model``'s module: safetensors only, checked name by name."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise MolvaeError(f"{path}: cannot read adapted weights ({exc}); delete {path.parent} to restart "
+                          "adaptation, or use a new output folder") from None
+    expected = model.module.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != v.shape for k, v in expected.items()):
+        raise MolvaeError(f"{path}: adapted weights do not match this model's architecture; the run "
+                          "folder belongs to another model")
+    model.module.load_state_dict({k: v.to(expected[k].device) for k, v in state.items()}, strict=True)
+
+
+# ---------------------------------------------------------------------------- the rounds
+
+
+def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
+                           new_sampler: Callable[[SearchSpace, int], Any], scorer, mlog: MoleculeLog,
+                           settings: _Settings, mirror: _Mirror | None, time_offset: float,
+                           started: float) -> tuple[_Stats, str]:
+    """:func:`~molvae.optimize.loop._search` in rounds, adapting the model between them.
+
+    One in-memory study carries all rounds (trial numbers continue, the mirror writes them
+    all); each round gets a fresh sampler on its own region (``new_sampler(space, round)``),
+    whose CMA-ES stream is the round, so a resumed sampler replays only its round's trials.
+    A round ends at the next adaptation's oracle call or when its sampler stalls; a round
+    that stalls without finding a new molecule ends the search.
+    """
+    total = _Stats()
+    total.time["adapt"] = 0.0
+    if adapter.round > 0:
+        study.sampler = new_sampler(space, adapter.round)
+    while True:
+        until = adapter.next_call(settings.budget)
+        stats, reason = _search(adapter.model, _OptunaProposer(study, space, mirror), scorer, mlog,
+                                dataclasses.replace(settings, budget=until), 0, time_offset, started)
+        total.merge(stats)
+        if len(mlog) >= settings.budget:
+            return total, "budget"
+        if not (reason == "budget" or (reason == "stalled" and stats.new > 0)):
+            return total, reason
+        t = time.perf_counter()
+        space = adapter.adapt(mlog, space)
+        study.sampler = new_sampler(space, adapter.round)
+        total.time["adapt"] += time.perf_counter() - t
+
+
+def adapt_config(adapt: str | AdaptConfig | None, every: int | None, sampler: str, multi: bool,
+                 workers: int) -> AdaptConfig | None:
+    """The adaptation settings of an ``optimize`` call (``None``: no adaptation), checked
+    against the search they go with."""
+    if adapt is None:
+        adapt = DEFAULT_ADAPT
+    if isinstance(adapt, AdaptConfig):
+        config = adapt if every is None else dataclasses.replace(adapt, every=every)
+    elif isinstance(adapt, str) and adapt.lower() in ADAPT_METHODS:
+        if adapt.lower() == "none":
+            return None
+        config = AdaptConfig(method=adapt.lower(), **({} if every is None else {"every": every}))
+    else:
+        raise MolvaeError(f"adapt must be one of {', '.join(ADAPT_METHODS)}, got {adapt!r}")
+    if config.method == "none":
+        return None
+    if multi or sampler not in ("cmaes", "random"):
+        raise MolvaeError(f"adapt={config.method!r} restarts the sampler on a new region each round, "
+                          f"which suits cmaes and random, not {sampler!r}; use --sampler cmaes, or "
+                          "--adapt none")
+    if workers > 1:
+        raise MolvaeError("adapt with workers > 1 is not supported: the workers would each need the "
+                          "adapted model; use one worker, or --adapt none")
+    return config

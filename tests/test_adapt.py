@@ -1,0 +1,192 @@
+"""Model adaptation during a search (``optimize(..., adapt="retrain")``): the decoder learns
+from the molecules scored so far, the adapted weights live in the run folder, and a run
+killed mid-way resumes on them without losing or re-scoring a molecule."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from molvae import chem
+from molvae.errors import MolvaeError
+from molvae.optimize import optimize, region
+from molvae.optimize.adapt import AdaptConfig, finetune, rank_weights
+
+
+
+def prior_box(model, *args, **kwargs):
+    """The tiny test model's encodings hardly vary (sd 0.02-0.15), so a box fitted on them
+    decodes one molecule; tests search the prior's box instead, where it decodes dozens."""
+    d = model.latent_dim
+    return region.LatentPCA(np.zeros(d), np.eye(d), np.ones(d), 1)
+# Around its best molecule's code a region of the default width decodes only molecules
+# already scored, so the loop tests move to a wide one (±8 sd) and fine-tune lightly.
+from molvae.optimize.region import model_fingerprint
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _prior_box(monkeypatch):
+    import molvae.optimize.adapt
+    import molvae.optimize.run
+
+    monkeypatch.setattr(molvae.optimize.run, "fit_latent_pca", prior_box)
+    monkeypatch.setattr(molvae.optimize.adapt, "fit_latent_pca", prior_box)
+
+
+class Recording:
+    """QED as a custom objective that appends every molecule it scores to a file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, smiles):
+        with open(self.path, "a") as fh:
+            fh.write("".join(s + "\n" for s in smiles))
+        return [chem.PROPERTIES["qed"](chem.to_mol(s)) for s in smiles]
+
+
+def test_rank_weights_favour_the_best_as_tripp_et_al():
+    w = rank_weights(np.array([0.1, 0.9, 0.5, float("nan")]), k=1e-3)
+    n = 4
+    assert w[1] == pytest.approx(1 / (1e-3 * n + 0))      # the best: rank 0
+    assert w[2] == pytest.approx(1 / (1e-3 * n + 1))
+    assert w[1] > w[2] > w[0] > w[3]                       # NaN ranks last
+
+
+def test_finetuning_raises_the_likelihood_of_the_best_molecules(tiny_model, small_smiles):
+    import copy
+
+    model = copy.copy(tiny_model)
+    model.module = copy.deepcopy(tiny_model.module)
+    smiles = [s for s in small_smiles[:64] if model.vocab.try_encode(s)[0] is not None]
+    scores = np.arange(len(smiles), dtype=float)  # the last molecules are the best
+    best = model.vocab.to_tensor([model.vocab.try_encode(s)[0] for s in smiles[-4:]])
+
+    def recon(m):
+        with torch.no_grad():
+            torch.manual_seed(0)
+            return float(m.module.eval().loss(best)["recon"])
+
+    before = recon(model)
+    config = AdaptConfig(molecules=256, lr=3e-3)
+    finetune(model, smiles, scores, config, seed=0)
+    assert recon(model) < before - 1.0                      # nats per molecule
+    # The encoder is untouched (decoder_only): codes, and so the search axes, stay put.
+    for name, p in model.module.named_parameters():
+        if name.split(".")[0] in ("encoder", "encoder_reverse", "to_latent", "embedding"):
+            assert torch.equal(p, dict(tiny_model.module.named_parameters())[name])
+
+
+def test_optimize_with_adaptation_keeps_the_callers_model(tiny_model, tmp_path):
+    fp = model_fingerprint(tiny_model)
+    table = optimize(tiny_model, "qed", budget=48, batch_size=8, seed=0, adapt=AdaptConfig(radius=8.0, molecules=32),
+                     adapt_every=16, out_dir=tmp_path / "run", progress=False)
+    s = table.attrs["summary"]
+    assert len(table) == 48 and table["smiles"].is_unique
+    assert s["adapt"] == "retrain" and s["adapt_oracle_calls"] == [16, 32]
+    assert model_fingerprint(tiny_model) == fp              # the adapted weights are a copy
+    state = json.loads((tmp_path / "run" / "adapt" / "state.json").read_text())
+    assert state["round"] == 2 and state["oracle_calls"] == [16, 32]
+    assert (tmp_path / "run" / "adapt" / state["weights"]).exists()
+    assert s["time"]["adapt_s"] > 0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"adapt": "finetune"}, "adapt must be one of"),
+    ({"adapt": "retrain", "sampler": "tpe"}, "adapt"),
+    ({"adapt": "retrain", "workers": 2}, "workers"),
+    ({"adapt": "retrain", "adapt_every": 0}, "every"),
+])
+def test_bad_adaptation_settings_are_errors(tiny_model, tmp_path, kwargs, match):
+    with pytest.raises(MolvaeError, match=match):
+        optimize(tiny_model, "qed", budget=10, out_dir=tmp_path / "run", progress=False, **kwargs)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    import molvae.optimize as opt
+    import molvae.optimize.adapt, molvae.optimize.run
+    from molvae.model import load_model
+    from molvae.optimize.adapt import AdaptConfig
+    from test_adapt import Recording, prior_box
+    molvae.optimize.run.fit_latent_pca = molvae.optimize.adapt.fit_latent_pca = prior_box
+    out = Path({out!r})
+    opt.optimize(load_model({model!r}, device="cpu"), Recording(out.parent / {scored!r}),
+                 budget={budget}, batch_size=8, seed=0, out_dir=out, adapt=AdaptConfig(radius=8.0, molecules=32),
+                 adapt_every={every}, progress=False)
+""")
+
+
+def _run(tmp_path: Path, model_dir: Path, budget: int, every: int, scored: str, kill_when=None) -> None:
+    out = tmp_path / "run"
+    script = KILL_SCRIPT.format(tests=str(HERE), out=str(out), model=str(model_dir), budget=budget,
+                                every=every, scored=scored)
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "MOLVAE_QUIET": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    if kill_when is None:
+        assert proc.wait(timeout=300) == 0
+        return
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not kill_when(out):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _rows(out: Path) -> int:
+    f = out / "molecules.csv"
+    return sum(1 for _ in open(f)) - 1 if f.exists() else 0
+
+
+def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(tiny_model_dir, tmp_path):
+    budget, every = 48, 16
+    out = tmp_path / "run"
+    # Killed once the first adaptation is saved and the second round has scored molecules.
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_killed.txt",
+         kill_when=lambda o: (o / "adapt" / "state.json").exists() and _rows(o) >= every + 8)
+    before = pd.read_csv(out / "molecules.csv")
+    assert every + 8 <= len(before) < budget
+    state = json.loads((out / "adapt" / "state.json").read_text())
+    assert state["round"] >= 1 and state["oracle_calls"][0] == every
+
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_resumed.txt")   # the same command again
+    after = pd.read_csv(out / "molecules.csv")
+    pd.testing.assert_frame_equal(after.head(len(before)), before)      # nothing lost
+    assert list(after["oracle_call"]) == list(range(1, budget + 1))     # continuous
+    assert after["smiles"].is_unique
+    resumed = (tmp_path / "scored_resumed.txt").read_text().split()
+    assert not set(resumed) & set(before["smiles"])                     # nothing scored twice
+    assert len(resumed) == len(set(resumed)) == budget - len(before)
+    assert set(before["smiles"]) <= set((tmp_path / "scored_killed.txt").read_text().split())
+    final = json.loads((out / "adapt" / "state.json").read_text())
+    # The resumed run went on from the killed run's adaptations, at every `every` calls.
+    assert final["oracle_calls"][:len(state["oracle_calls"])] == state["oracle_calls"]
+    assert final["oracle_calls"] == [16, 32]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_calls"] == len(before)
+
+
+def test_resume_refuses_damaged_adapted_weights(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    optimize(tiny_model, "qed", budget=24, batch_size=8, adapt="retrain", adapt_every=16, out_dir=out,
+             progress=False)
+    state = json.loads((out / "adapt" / "state.json").read_text())
+    (out / "adapt" / state["weights"]).write_bytes(b"not safetensors")
+    with pytest.raises(MolvaeError, match=state["weights"]):
+        optimize(tiny_model, "qed", budget=40, batch_size=8, adapt="retrain", adapt_every=16, out_dir=out,
+                 progress=False)
