@@ -12,11 +12,12 @@ to where the best of them now encode::
 
 *Fine-tuning.* ``molecules`` draws (with replacement) from the ledger, each molecule weighted
 by ``1 / (rank_k * N + rank)`` (rank 0 = the best of the N scored; ``rank_k`` = 1e-3 as in
-Tripp et al.), one pass in batches of ``batch_size`` with AdamW at ``lr``, the model's own
-β-ELBO. Only the decoder learns by default (``decoder_only``): the encoder, hence the
-principal axes of the search region and every encoding, stays fixed, so no PCA has to be
-re-fitted (re-fitting it on 2,000 encodings after a full fine-tune cost more than the
-fine-tune itself on the 2-core CPU) and the encoder needs no backward pass.
+Tripp et al.), one pass in batches of ``batch_size`` with AdamW at ``lr``: the
+reconstruction loss of each molecule from a code drawn from its (fixed) posterior, or the
+model's whole β-ELBO with ``decoder_only=False``. Only the decoder learns by default: the
+encoder, hence the principal axes of the search region and every encoding, stays fixed, so
+no PCA has to be re-fitted (re-fitting it on 2,000 encodings after a full fine-tune cost more
+than the fine-tune itself on the 2-core CPU) and the encoder needs no backward pass.
 
 *Run folder.* Each round writes ``adapt/round_NNN.safetensors`` (the adapted weights,
 safetensors, no pickles) and ``adapt/round_NNN.npz`` (its search region), then
@@ -247,8 +248,10 @@ class Adapter:
         self.calls.append(len(mlog))
         fit = finetune(self.model, smiles, scores, self.config, seed=_round_seed(self.seed, self.round))
         space = self._region(smiles, scores, space)
-        self.history.append({"round": self.round, "oracle_call": len(mlog), "loss": fit["loss"],
-                             "molecules_per_s": fit["molecules_per_s"], "seconds": time.perf_counter() - t})
+        self.history.append({"round": self.round, "oracle_call": len(mlog),
+                             "loss": fit["loss"] if math.isfinite(fit["loss"]) else None,
+                             "molecules_per_s": round(fit["molecules_per_s"], 1),
+                             "seconds": round(time.perf_counter() - t, 2)})
         if self.dir is not None:
             self._save(space)
         log.info("adaptation round %d at oracle call %d: loss %.2f, %.0f mol/s, %.1f s", self.round,
