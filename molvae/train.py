@@ -756,6 +756,10 @@ CANDIDATES: dict[str, dict] = {
     "gru-b1024": {"batch_size": 1024, "lr": 1.4e-3, "warmup_steps": 200},
     "gru-b2048": {"batch_size": 2048, "lr": 2e-3, "warmup_steps": 200},
     "gru-b2048-fp32": {"batch_size": 2048, "lr": 2e-3, "warmup_steps": 200, "bf16": False},
+    "gru-b2048-freebits": {"batch_size": 2048, "lr": 2e-3, "warmup_steps": 200,
+                           "model": {"free_bits": 0.25}},   # against dead latent units
+    "gru-b2048-beta0.25": {"batch_size": 2048, "lr": 2e-3, "warmup_steps": 200,
+                           "model": {"beta_max": 0.25}},
     "transformer-b1024": {"batch_size": 1024, "lr": 7e-4, "warmup_steps": 300,
                           "model": {"decoder": "transformer", "dec_hidden": 256, "dec_layers": 4}},
     "transformer-b2048": {"batch_size": 2048, "lr": 1e-3, "warmup_steps": 300,
@@ -772,7 +776,8 @@ def benchmark_candidates(data: Any, out_dir: str | os.PathLike, names: list[str]
     candidate ends its cosine schedule, then validates: ``val_nll`` (recon + KL, the
     negative ELBO, nats per molecule), reconstruction rate, active units, molecules/s. The
     best candidate is the one with the lowest ``val_nll`` in the same time: quality per
-    GPU-minute, which is what a short GPU job buys.
+    GPU-minute, which is what a short GPU job buys. ``base`` overrides every candidate's
+    settings (e.g. ``max_train_molecules``, or tiny networks for a dry run).
     """
     data = _load_data(data)
     out = Path(out_dir)
@@ -782,8 +787,8 @@ def benchmark_candidates(data: Any, out_dir: str | os.PathLike, names: list[str]
             raise MolvaeError(f"unknown candidate {name!r}; choose from {', '.join(CANDIDATES)}")
         settings = {"epochs": 1, "patience": 0, "device": device, "seed": seed,
                     "plan_seconds": seconds, "max_valid_molecules": 5000, "recon_eval_molecules": 500,
-                    **(base or {}), **CANDIDATES[name]}
-        settings["model"] = {**(base or {}).get("model", {}), **CANDIDATES[name].get("model", {})}
+                    **CANDIDATES[name], **(base or {})}
+        settings["model"] = {**CANDIDATES[name].get("model", {}), **(base or {}).get("model", {})}
         run = out / name
         if run.exists():
             shutil.rmtree(run)

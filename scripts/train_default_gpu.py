@@ -1,23 +1,31 @@
-"""Train the shipped default model on the full MOSES training set on one CUDA GPU.
+"""Train the default model in short GPU jobs (at most 10 minutes each) that add up to one run.
 
-This is the script that produced ``data/models/default`` (see the README's figures):
+One invocation is one job. The first job picks the architecture, the later ones continue::
 
-    python scripts/train_default_gpu.py --data PREPARED_DIR --out RUN_DIR --export DIR --budget-s 360
+    # job 1: smoke run, candidates compared for --candidates-s each, then the first chunk
+    python scripts/train_default_gpu.py --data PREP --run RUN --export $OUT --budget-s 540 --plan-s 1000
+    # job 2 (a later lease, RUN restored from the exported checkpoint): the second chunk,
+    # then the latent prior is fitted and the model evaluated (FCD of both priors, 30k samples)
+    python scripts/train_default_gpu.py --data PREP --run RUN --export $OUT --budget-s 540
 
-1. A one-epoch smoke run on 2,048 molecules, so a broken setup fails in seconds.
-2. ``molvae.train.benchmark_training`` for the default architecture and the smaller
-   CPU-sized one at three batch sizes, fp32 against bf16 autocast in the same run
-   (what ``molvae bench train --device cuda`` prints), saved to ``bench_train.json``.
-3. Sizes the number of epochs from the measured bf16 throughput so that training fits
-   ``--budget-s`` seconds, so the cosine schedule runs to its end (a run stopped by a
-   wall-clock limit would end at a high learning rate).
-4. ``molvae.train.train`` on the prepared data; after every epoch the best model so far,
-   ``metrics.csv`` and the summary are copied to ``--export``, so a run cut short still
-   leaves a usable model.
-5. ``molvae.generate.benchmark_sampling`` of the trained model (30,000 prior samples).
+1. A smoke run on 2,048 molecules (seconds), so a broken setup fails before the lease is spent.
+2. First job only: ``molvae.train.benchmark_candidates`` trains each candidate (GRU at
+   batch 1024/2048, free bits against dead latent units, a transformer decoder) for ``--candidates-s`` seconds of
+   planned schedule and ranks them by validation NLL, i.e. quality per GPU-minute
+   (``molvae bench train --candidates``); the best is written to ``RUN/plan.json``.
+3. ``train(..., TrainConfig(plan_seconds=--plan-s, time_budget_s=what is left))``: the LR and
+   KL schedules span ``--plan-s`` seconds of training in all, and this job ends on an exact
+   mid-epoch checkpoint when its budget runs out. The next job resumes it (``resume=True``).
+4. When the plan is complete: fit the latent prior (``molvae fit-prior``) and measure
+   ``compare_priors`` (FCD of N(0, I) against the fitted prior, same run), then the MOSES
+   metrics of 30,000 samples and the reconstruction rate (``evaluate_model``).
+5. ``--export`` receives: ``checkpoint.tar`` (the resumable run, for the next job), the model
+   files, ``plan.json``, ``candidates.json``, ``metrics.csv``, ``moses_metrics.json``,
+   ``prior_comparison.json``.
 
-It needs torch, selfies, pandas, safetensors and RDKit (for the per-epoch whole-molecule
-reconstruction check), not Optuna: a bare GPU node only has to carry two wheels.
+A dry run on CPU at small scale checks the whole path (it is what the test suite cannot):
+``--device cpu --max-train-molecules 3000 --budget-s 120 --plan-s 60 --candidates-s 8
+--eval-samples 300``.
 """
 
 from __future__ import annotations
@@ -26,98 +34,121 @@ import argparse
 import json
 import logging
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
 import torch
 
 from molvae.data import load_prepared
-from molvae.train import TrainConfig, benchmark_training, train
+from molvae.train import CANDIDATES, TrainConfig, benchmark_candidates, find_checkpoint, train
 
-# The CPU-sized architecture of the first shipped model, for comparison.
-CPU_ARCH = {"embed_dim": 48, "enc_hidden": 192, "dec_hidden": 384, "dec_layers": 1}
+FIRST_JOB_CANDIDATES = ["gru-b1024", "gru-b2048", "gru-b2048-freebits", "transformer-b2048"]
+
+
+def _export(run: Path, export: Path) -> None:
+    for name in ("model.json", "weights.safetensors", "metrics.csv", "summary.json", "plan.json",
+                 "prior.json", "prior.safetensors"):
+        if (run / name).exists():
+            shutil.copy2(run / name, export / name)
+    ckpt = find_checkpoint(run)
+    if ckpt is not None:
+        with tarfile.open(export / "checkpoint.tar.tmp", "w") as tar:
+            tar.add(ckpt, arcname="checkpoint")
+        (export / "checkpoint.tar.tmp").replace(export / "checkpoint.tar")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="prepared MOSES folder (molvae data prepare)")
-    ap.add_argument("--out", required=True, help="training run folder")
-    ap.add_argument("--export", required=True, help="folder that receives the model after every epoch")
-    ap.add_argument("--budget-s", type=float, default=360.0, help="seconds of training to plan for")
+    ap.add_argument("--run", required=True, help="the training run folder (kept across jobs)")
+    ap.add_argument("--export", required=True, help="folder that receives what must be kept ($OUT)")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="wall seconds this job may train")
+    ap.add_argument("--plan-s", type=float, default=1000.0, help="training seconds of the whole plan")
+    ap.add_argument("--candidates-s", type=float, default=35.0, help="seconds of training per candidate")
+    ap.add_argument("--candidates", default=",".join(FIRST_JOB_CANDIDATES))
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--max-epochs", type=int, default=40)
-    ap.add_argument("--bench-steps", type=int, default=40)
     ap.add_argument("--max-train-molecules", type=int, default=None, help="for a dry run")
+    ap.add_argument("--eval-samples", type=int, default=30000)
+    ap.add_argument("--prior-components", type=int, default=128)
+    ap.add_argument("--tiny", action="store_true",
+                    help="dry run on a CPU: tiny networks and batches of 64 for every candidate")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    export = Path(args.export)
-    export.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-
+    run, export = Path(args.run), Path(args.export)
+    export.mkdir(parents=True, exist_ok=True)
     dev = torch.device(args.device)
     if dev.type == "cuda":
         print(f"torch {torch.__version__}, {torch.cuda.get_device_name(dev)}, "
               f"cuDNN {torch.backends.cudnn.version()}", flush=True)
-
     data = load_prepared(args.data)
-    # Fail fast: one short epoch through the whole path (train, validate, checkpoint)
-    # before the benchmark and the long run spend the GPU lease.
+    base = {"max_train_molecules": args.max_train_molecules} if args.max_train_molecules else {}
+    if args.tiny:
+        base.update(batch_size=64, model={"embed_dim": 16, "enc_hidden": 32, "dec_hidden": 64,
+                                          "dec_layers": 1, "latent_dim": 8})
+
     smoke = TrainConfig(epochs=1, batch_size=256, device=args.device, max_train_molecules=2048,
-                        max_valid_molecules=1000, recon_eval_molecules=100)
-    train(data, Path(args.out) / "smoke", smoke)
+                        max_valid_molecules=500, recon_eval_molecules=50, model=base.get("model", {}))
+    shutil.rmtree(run.parent / (run.name + "-smoke"), ignore_errors=True)
+    train(data, run.parent / (run.name + "-smoke"), smoke)
     print(f"smoke run done after {time.time() - t0:.0f} s", flush=True)
 
-    bench = []
-    for arch_name, arch in (("default", {}), ("cpu-sized", CPU_ARCH)):
-        for bs in (256, 512, 1024):
-            for row in benchmark_training(device=args.device, batch_size=bs, steps=args.bench_steps,
-                                          warmup=5, n_molecules=8192, model=arch):
-                row["architecture"] = arch_name
-                bench.append(row)
-                print(f"bench {arch_name:9s} bs {bs:5d} {row['precision']:4s} "
-                      f"{row['ms_per_step']:7.1f} ms/step {row['molecules_per_s']:10.0f} mol/s", flush=True)
-    (export / "bench_train.json").write_text(json.dumps(bench, indent=1))
-    print(f"bench done after {time.time() - t0:.0f} s", flush=True)
+    plan_file = run / "plan.json"
+    if find_checkpoint(run) is None:
+        names = [n.strip() for n in args.candidates.split(",") if n.strip()]
+        rows = benchmark_candidates(data, run.parent / (run.name + "-candidates"), names,
+                                    seconds=args.candidates_s, device=args.device, base=base)
+        (export / "candidates.json").write_text(json.dumps(rows, indent=1))
+        for r in sorted(rows, key=lambda r: r["val_nll"]):
+            print(f"candidate {r['candidate']:<20} {r['molecules_per_s']:>9.0f} mol/s  val NLL "
+                  f"{r['val_nll']:.2f}  recon {r['val_recon_rate']:.3f}", flush=True)
+        best = min(rows, key=lambda r: r["val_nll"])["candidate"]
+        run.mkdir(parents=True, exist_ok=True)
+        plan_file.write_text(json.dumps({"candidate": best, "plan_seconds": args.plan_s,
+                                         "settings": CANDIDATES[best]}, indent=1))
+        print(f"plan: {best} for {args.plan_s:.0f} s of training (t={time.time() - t0:.0f} s)", flush=True)
+    plan = json.loads(plan_file.read_text())
+    left = args.budget_s - (time.time() - t0)
+    settings = {**plan["settings"], **{k: v for k, v in base.items() if k != "model"}}
+    settings["model"] = {**plan["settings"].get("model", {}), **base.get("model", {})}
+    config = TrainConfig(**{"epochs": 1, "patience": 0, "device": args.device, "seed": 0, **settings,
+                            "plan_seconds": plan["plan_seconds"], "time_budget_s": max(30.0, left)})
 
-    n_train = data.train.size(0) if args.max_train_molecules is None else min(
-        args.max_train_molecules, data.train.size(0))
-    speed = next(r["molecules_per_s"] for r in bench if r["architecture"] == "default"
-                 and r["batch_size"] == args.batch_size and r["precision"] == ("bf16" if dev.type == "cuda" else "fp32"))
-    # Per epoch: the measured step rate, plus validation and checkpointing (~5 s).
-    epoch_s = n_train / speed * 1.15 + 5.0
-    epochs = int(max(1, min(args.max_epochs, args.budget_s // epoch_s)))
-    print(f"{n_train} training molecules, {speed:.0f} mol/s in the benchmark: planning "
-          f"{epochs} epochs of ~{epoch_s:.0f} s", flush=True)
-
-    config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
-                         patience=0, max_hours=args.budget_s * 1.3 / 3600,
-                         max_train_molecules=args.max_train_molecules, seed=0)
-    out = Path(args.out) / "default"
-
-    def export_files(row: dict) -> None:
-        for name in ("model.json", "weights.safetensors", "metrics.csv"):
-            if (out / name).exists():
-                shutil.copy2(out / name, export / name)
-        print(f"epoch {row['epoch']}: {row['seconds']:.1f} s, {row['molecules_per_s']:.0f} mol/s, "
-              f"val loss {row['val_loss']:.3f}, recon rate {row['val_recon_rate']:.3f}, "
-              f"token acc {row['val_token_acc']:.3f}, active {row['active_units']} "
+    def progress_line(row: dict) -> None:
+        print(f"epoch {row['epoch']}: {row['molecules_per_s']:.0f} mol/s, val loss {row['val_loss']:.3f}, "
+              f"recon rate {row['val_recon_rate']:.3f}, active {row['active_units']} "
               f"(t={time.time() - t0:.0f} s)", flush=True)
+        _export(run, export)
 
-    summary = train(data, out, config, callback=export_files)
-    shutil.copy2(out / "summary.json", export / "training_summary.json")
-    print(json.dumps({k: summary[k] for k in ("status", "epochs_run", "best_epoch", "best_val_loss",
-                                             "seconds")}), flush=True)
+    summary = train(data, run, config, resume=True, callback=progress_line)
+    _export(run, export)
+    print(json.dumps({k: summary[k] for k in ("status", "epochs_run", "best_epoch", "best_val_loss")}),
+          flush=True)
+    if summary["status"] != "completed":
+        print(f"chunk done at t={time.time() - t0:.0f} s; the next job resumes from checkpoint.tar")
+        return
 
-    # Sampling throughput of the trained model on this device (``molvae bench sample``).
-    from molvae.generate import benchmark_sampling
+    from molvae.data import bundled
+    from molvae.evaluate import compare_priors, evaluate_model
     from molvae.model import load_model
+    from molvae.prior import fit_latent_density
 
-    model = load_model(export, device=args.device)
-    result = benchmark_sampling(model, n=30000, seed=0)
-    (export / "bench_sample.json").write_text(json.dumps(result, indent=1))
-    print("bench sample:", json.dumps(result), f"(t={time.time() - t0:.0f} s)", flush=True)
+    model = load_model(run, device=args.device)
+    train_smiles = bundled("train")
+    model.prior = fit_latent_density(model, train_smiles[:50000], n_components=args.prior_components)
+    table = compare_priors(model, args.eval_samples, device=args.device)
+    (export / "prior_comparison.json").write_text(json.dumps(table, indent=1, default=float))
+    print("prior comparison:", json.dumps({k: v.get("FCD/Test") for k, v in table.items()}), flush=True)
+    if table["fitted"]["FCD/Test"] < table["normal"]["FCD/Test"]:
+        model.prior.info["comparison"] = {"n_samples": args.eval_samples, **table}
+        model.prior.save(run)
+    else:
+        model.prior = None
+    metrics = evaluate_model(model, args.eval_samples, device=args.device)
+    (export / "moses_metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    _export(run, export)
+    print("MOSES metrics:", json.dumps(metrics, default=float), f"(t={time.time() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -235,3 +235,40 @@ def test_default_model_location(saved, tmp_path, monkeypatch):
         load_model(None)
     monkeypatch.setenv("MOLVAE_DEFAULT_MODEL", str(path))
     assert load_model(None, device="cpu").latent_dim == 8
+
+
+def test_bf16_is_used_only_where_the_cpu_computes_it(monkeypatch):
+    from molvae import runtime
+
+    monkeypatch.setattr(runtime, "_cpuinfo_flags", lambda: frozenset({"avx2", "fma"}))
+    monkeypatch.delenv("MOLVAE_CPU_BF16", raising=False)
+    assert not runtime.use_bf16(torch.device("cpu"))           # emulated bf16 is 5-9x slower
+    monkeypatch.setattr(runtime, "_cpuinfo_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert runtime.use_bf16(torch.device("cpu"))
+    assert not runtime.use_bf16(torch.device("cpu"), requested=False)
+    monkeypatch.setenv("MOLVAE_CPU_BF16", "0")
+    assert not runtime.use_bf16(torch.device("cpu"))
+    monkeypatch.setenv("MOLVAE_CPU_BF16", "1")
+    monkeypatch.setattr(runtime, "_cpuinfo_flags", lambda: frozenset())
+    assert runtime.use_bf16(torch.device("cpu"))
+
+
+def test_bf16_decoding_agrees_with_fp32_and_follows_weight_updates(tiny_model_dir, small_smiles):
+    """The bf16 decoding copy gives (nearly) the fp32 molecules, and is rebuilt after the
+    weights change in place (a model fine-tuned during a search never decodes stale)."""
+    fp32 = load_model(tiny_model_dir, device="cpu")
+    bf16 = MolVAE(load_model(tiny_model_dir, device="cpu").module, fp32.vocab, "cpu", precision="bf16")
+    assert bf16.decode_bf16 and not MolVAE(fp32.module, fp32.vocab, "cpu", precision="fp32").decode_bf16
+    mu, _ = fp32.encode(small_smiles[:60])
+    a, b = fp32.decode(mu), bf16.decode(mu)
+    assert sum(x == y for x, y in zip(a, b)) >= 0.8 * len(a)
+    assert sum(s is not None for s in b) >= 0.9 * len(b)
+    first = bf16._generator()
+    assert first is bf16._generator()                    # cached while the weights stand still
+    with torch.no_grad():
+        bf16.module.output.bias.add_(0.5)
+    second = bf16._generator()
+    assert second is not first
+    assert torch.allclose(second.output.bias.float(), bf16.module.output.bias, atol=1e-2)
+    with pytest.raises(MolvaeError, match="precision"):
+        MolVAE(fp32.module, fp32.vocab, "cpu", precision="fp16")
