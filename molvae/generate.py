@@ -4,7 +4,11 @@ interpolations and analogs around a lead.
 The network decodes whole batches on the model's device; SELFIES -> SMILES, RDKit
 canonicalization and properties run in a process pool over all cores (see
 ``MolVAE.ids_to_smiles`` and ``chem.properties_many``). Every function returns a pandas
-DataFrame that the CLI writes as CSV.
+DataFrame that the CLI writes as CSV. Counts are checked here, not only in the CLI, so
+pipelines get the same errors: ``n`` up to :data:`MAX_SAMPLES` (sampled in chunks of
+:data:`SAMPLE_CHUNK`, so memory does not grow with it), analogs up to
+:data:`MAX_NEIGHBORS`, paths up to :data:`MAX_STEPS` steps. A user's molecule goes through
+``chem.standardize`` first, which refuses giant or malformed SMILES before RDKit sees them.
 
 Output columns of :func:`sample`:
     ``smiles`` canonical SMILES ('' when invalid), ``selfies`` as decoded, ``valid`` (RDKit
@@ -15,6 +19,8 @@ Output columns of :func:`sample`:
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 
@@ -25,6 +31,36 @@ import torch
 from . import chem
 from .errors import MolvaeError
 from .model import MolVAE
+from .progress import progress as progress_bar
+
+log = logging.getLogger(__name__)
+
+#: Most molecules one :func:`sample` call returns: the table holds ~350 bytes per molecule
+#: (1M: ~350 MB); for more, call it again with another seed.
+MAX_SAMPLES = 1_000_000
+#: Molecules decoded, converted and scored at once, so memory stays bounded whatever ``n``
+#: (the ids of 10M molecules alone were 8 GB). A sample no larger than one chunk gives the
+#: same molecules as one undivided decode; 50,000 keeps the 30,000-sample MOSES runs so.
+SAMPLE_CHUNK = 50_000
+#: Most analogs :func:`neighbors` returns (each try decodes 2n points).
+MAX_NEIGHBORS = 10_000
+#: Most steps of an :func:`interpolate` path.
+MAX_STEPS = 10_000
+
+
+def _whole(value, name: str, flag: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high], or a MolvaeError naming the argument and flag."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise MolvaeError(f"{name} ({flag}) must be a whole number from {low:,} to {high:,}, got {value!r}")
+    return int(value)
+
+
+def _chunk_seed(seed: int | None, k: int) -> int | None:
+    # chunk 0 keeps the caller's seed (so a one-chunk sample is what it always was);
+    # later chunks get independent streams derived from (seed, k)
+    if seed is None or k == 0:
+        return seed
+    return int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0])
 
 
 def _flags(smiles: Sequence[str | None], training: set[str] | None) -> pd.DataFrame:
@@ -56,26 +92,34 @@ def sample(
     properties: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """``n`` molecules decoded from z ~ N(0, I).
+    """``n`` molecules decoded from z ~ N(0, I), 1 <= n <= :data:`MAX_SAMPLES`.
 
     ``greedy=False`` (the default, as in MOSES) samples each token at ``temperature``;
     ``greedy=True`` takes the most likely token. ``training`` (SMILES) sets the ``novel``
-    column. See the module docstring for the columns.
+    column. See the module docstring for the columns. Work proceeds in chunks of
+    :data:`SAMPLE_CHUNK` molecules (a progress bar counts them when there are several).
     """
-    if n < 1:
-        raise MolvaeError(f"number of samples must be >= 1, got {n}")
-    z = model.sample_prior(n, seed=seed)
-    ids = model.decode_ids(z, greedy=greedy, temperature=temperature, seed=seed)
-    return _table_from_ids(model, ids, training, properties, progress)
-
-
-def _table_from_ids(model, ids, training, properties: bool, progress: bool) -> pd.DataFrame:
-    smiles = model.ids_to_smiles(ids)
-    selfies = [model.vocab.decode_selfies(r) for r in ids.tolist()]
-    table = pd.DataFrame({"smiles": [s or "" for s in smiles], "selfies": selfies})
+    n = _whole(n, "number of samples n", "-n", 1, MAX_SAMPLES)
     train = None if training is None else (training if isinstance(training, set) else set(training))
-    table = pd.concat([table, _flags(smiles, train)], axis=1)
-    return with_properties(table, progress=progress) if properties else table
+    starts = range(0, n, SAMPLE_CHUNK)
+    parts = []
+    with progress_bar(total=n, desc="sample", disable=not progress or len(starts) == 1) as bar:
+        for k, start in enumerate(starts):
+            m = min(SAMPLE_CHUNK, n - start)
+            chunk_seed = _chunk_seed(seed, k)
+            z = model.sample_prior(m, seed=chunk_seed)
+            ids = model.decode_ids(z, greedy=greedy, temperature=temperature, seed=chunk_seed)
+            smiles = model.ids_to_smiles(ids)
+            part = pd.DataFrame({"smiles": [s or "" for s in smiles],
+                                 "selfies": [model.vocab.decode_selfies(r) for r in ids.tolist()]})
+            del ids, z
+            if properties:
+                part = with_properties(part, progress=progress)
+            parts.append(part)
+            bar.update(m)
+    table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    flags = _flags([s or None for s in table["smiles"]], train)
+    return pd.concat([table[["smiles", "selfies"]], flags, table.drop(columns=["smiles", "selfies"])], axis=1)
 
 
 def prototype(model: MolVAE) -> str | None:
@@ -126,27 +170,48 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return torch.sin((1 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
+def _encode_one(model: MolVAE, smiles: str, what: str) -> tuple[str, torch.Tensor]:
+    """Standardized SMILES and posterior mean of one user molecule, or a MolvaeError that
+    names it (cut to a readable length) and says why."""
+    std, reason = chem.standardize(smiles)
+    if std is None:
+        raise MolvaeError(f"{what} {chem.short(smiles)}: {reason}")
+    mu, _, ok, reasons = model.try_encode([std])
+    if not ok[0]:
+        raise MolvaeError(f"{what} {chem.short(smiles)} cannot be encoded by this model: {reasons[0]}")
+    return std, mu[0].cpu()
+
+
 def interpolate(model: MolVAE, smiles_a: str, smiles_b: str, steps: int = 10,
                 method: str = "slerp") -> pd.DataFrame:
     """Decode ``steps`` + 1 points on the path between the encodings of two molecules.
 
     ``method`` is ``'linear'`` or ``'slerp'`` (spherical). Columns: ``step``, ``t``,
     ``smiles``, ``duplicate`` (same molecule as the previous step), ``sim_a``, ``sim_b``
-    (Tanimoto, Morgan r=2).
+    (Tanimoto, Morgan r=2), ``is_endpoint_exact`` (at t=0 and t=1: whether the decoded
+    molecule is A, resp. B; empty in between). The model does not reconstruct every
+    molecule, so the path may start or end at a relative of A or B: a warning says so.
     """
     if method not in ("linear", "slerp"):
-        raise MolvaeError(f"interpolation method must be 'linear' or 'slerp', got {method!r}")
-    if steps < 1:
-        raise MolvaeError(f"steps must be >= 1, got {steps}")
-    mu, _ = model.encode([smiles_a, smiles_b])
-    a, b = mu[0].cpu(), mu[1].cpu()
+        raise MolvaeError(f"interpolation method (--method) must be 'linear' or 'slerp', got {method!r}")
+    steps = _whole(steps, "steps", "--steps", 1, MAX_STEPS)
+    std_a, a = _encode_one(model, smiles_a, "molecule A")
+    std_b, b = _encode_one(model, smiles_b, "molecule B")
     ts = [i / steps for i in range(steps + 1)]
     zs = torch.stack([(1 - t) * a + t * b if method == "linear" else _slerp(a, b, t) for t in ts])
     decoded = model.decode(zs)
     out = pd.DataFrame({"step": range(steps + 1), "t": ts, "smiles": [s or "" for s in decoded]})
     out["duplicate"] = out["smiles"].eq(out["smiles"].shift())
-    out["sim_a"] = chem.tanimoto(chem.standardize(smiles_a)[0] or smiles_a, out["smiles"].tolist())
-    out["sim_b"] = chem.tanimoto(chem.standardize(smiles_b)[0] or smiles_b, out["smiles"].tolist())
+    out["sim_a"] = chem.tanimoto(std_a, out["smiles"].tolist())
+    out["sim_b"] = chem.tanimoto(std_b, out["smiles"].tolist())
+    exact = pd.array([pd.NA] * len(out), dtype="boolean")
+    for row, t, name, std, sim in ((0, "t=0", "A", std_a, "sim_a"), (steps, "t=1", "B", std_b, "sim_b")):
+        exact[row] = out.at[row, "smiles"] == std
+        if not exact[row]:
+            log.warning("%s decodes to %s, not molecule %s %s (Tanimoto %.2f): the model does not "
+                        "reconstruct %s, so the path %s near it, not at it", t, out.at[row, "smiles"] or "nothing valid",
+                        name, std, out.at[row, sim], name, "starts" if row == 0 else "ends")
+    out["is_endpoint_exact"] = exact
     return out
 
 
@@ -155,26 +220,35 @@ def neighbors(model: MolVAE, smiles: str, n: int = 100, radius: float = 1.0, see
     """Up to ``n`` unique analogs decoded from points near a lead's encoding.
 
     Points are z = mu + radius * eps with eps ~ N(0, I) (radius in prior standard
-    deviations). Sampling continues in batches until ``n`` unique valid analogs other than
-    the lead are found or ``max_tries`` batches are spent. Columns: ``smiles``,
-    ``similarity`` (Tanimoto to the lead), ``distance`` (|z - mu|), ``qed``, ``logp``, ``sa``,
-    ``mw``; sorted by similarity, highest first.
+    deviations, > 0). Sampling continues in batches of 2n (at least 64) until ``n`` unique
+    valid analogs other than the lead are found or ``max_tries`` batches are spent;
+    1 <= n <= :data:`MAX_NEIGHBORS`. Columns: ``smiles``, ``similarity`` (Tanimoto to the
+    lead), ``distance`` (|z - mu|), ``qed``, ``logp``, ``sa``, ``mw``; sorted by
+    similarity, highest first.
     """
-    lead, reason = chem.standardize(smiles)
-    if lead is None:
-        raise MolvaeError(f"lead {smiles!r}: {reason}")
-    mu, _ = model.encode([lead])
+    n = _whole(n, "number of analogs n", "-n", 1, MAX_NEIGHBORS)
+    max_tries = _whole(max_tries, "max_tries", "max_tries", 1, 1_000)
+    try:
+        radius = float(radius)
+    except (TypeError, ValueError):
+        radius = float("nan")
+    if not (math.isfinite(radius) and radius > 0):
+        raise MolvaeError(f"radius (--radius) must be a number > 0, in prior standard deviations "
+                          f"(0.5 gives close analogs), got {radius}")
+    lead, mu = _encode_one(model, smiles, "lead")
     g = torch.Generator().manual_seed(seed)
     found: dict[str, float] = {}
     batch = max(64, 2 * n)
-    for _ in range(max_tries):
-        eps = torch.randn((batch, model.latent_dim), generator=g)
-        z = mu.cpu() + radius * eps
-        for s, d in zip(model.decode(z, greedy=greedy, seed=seed), eps.norm(dim=1) * radius):
-            if s and s != lead and chem.is_valid_molecule(s) and s not in found:
-                found[s] = float(d)
-        if len(found) >= n:
-            break
+    with progress_bar(total=n, desc="analogs", disable=n < 1000) as bar:
+        for _ in range(max_tries):
+            eps = torch.randn((batch, model.latent_dim), generator=g)
+            z = mu + radius * eps
+            for s, d in zip(model.decode(z, greedy=greedy, seed=seed), eps.norm(dim=1) * radius):
+                if s and s != lead and chem.is_valid_molecule(s) and s not in found:
+                    found[s] = float(d)
+            bar.update(min(len(found), n) - bar.n)
+            if len(found) >= n:
+                break
     table = pd.DataFrame({"smiles": list(found), "distance": list(found.values())})
     table.insert(1, "similarity", chem.tanimoto(lead, table["smiles"].tolist()) if len(table) else [])
     table = table.sort_values(["similarity", "distance"], ascending=[False, True]).head(n)
@@ -189,6 +263,7 @@ def benchmark_sampling(model: MolVAE, n: int = 20000, temperature: float = 1.0, 
     Chemistry: ids -> SELFIES -> SMILES -> RDKit canonical SMILES, validity, uniqueness and
     the main properties, in a process pool (``workers=1`` for the serial baseline).
     """
+    n = _whole(n, "number of samples n", "-n", 1, MAX_SAMPLES)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()

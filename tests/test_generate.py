@@ -78,3 +78,103 @@ def test_cli_sample_and_reconstruct(tiny_model_dir, tmp_path, capsys, train_smil
     assert "exact reconstruction rate" in capsys.readouterr().out
     assert main(["interpolate", "--model", str(tiny_model_dir), train_smiles[0], train_smiles[1], "--steps", "3"]) == 0
     assert main(["sample", "--model", str(tmp_path / "missing"), "-n", "5"]) == 1
+
+
+# ---------------------------------------------------------------- nonsense refused, outputs where asked (issue 13)
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(n=-3), "-n"), (dict(n=0), "-n"), (dict(n=10_000_000), "-n"),
+    (dict(radius=-1.0), "--radius"), (dict(radius=0.0), "--radius"), (dict(radius=float("nan")), "--radius"),
+])
+def test_neighbors_refuses_nonsense(tiny_model, train_smiles, kwargs, flag):
+    with pytest.raises(MolvaeError, match=flag):
+        neighbors(tiny_model, train_smiles[3], **kwargs)
+
+
+@pytest.mark.parametrize("n", [0, -1, 10_000_000])
+def test_sample_refuses_nonsense_n(tiny_model, n):
+    with pytest.raises(MolvaeError, match="-n"):
+        sample(tiny_model, n)
+
+
+def test_interpolate_refuses_absurd_steps(tiny_model, train_smiles):
+    with pytest.raises(MolvaeError, match="--steps"):
+        interpolate(tiny_model, train_smiles[0], train_smiles[1], steps=10_000_000)
+
+
+def test_sample_decodes_in_bounded_chunks(tiny_model, monkeypatch):
+    # Memory must not grow with n: the network and the chemistry see one chunk at a time,
+    # and a sample no larger than one chunk is the same as before chunking.
+    import molvae.generate as gen
+
+    whole = sample(tiny_model, 150, seed=3, properties=False)
+    sizes = []
+    real = type(tiny_model).decode_ids
+
+    def spy(self, z, *a, **k):
+        sizes.append(len(z))
+        return real(self, z, *a, **k)
+
+    monkeypatch.setattr(type(tiny_model), "decode_ids", spy)
+    monkeypatch.setattr(gen, "SAMPLE_CHUNK", 64)
+    chunked = sample(tiny_model, 150, seed=3)
+    assert sizes == [64, 64, 22]
+    assert len(chunked) == 150 and list(chunked.columns) == list(sample(tiny_model, 5).columns)
+    props = chem.properties_many(chunked["smiles"].tolist(), workers=1, progress=False)
+    pd.testing.assert_series_equal(chunked["qed"], props["qed"])
+    assert chunked["unique"].sum() == chunked.loc[chunked["valid"], "smiles"].nunique()  # across chunks
+    assert chunked["smiles"].tolist()[:64] == sample(tiny_model, 64, seed=3, properties=False)["smiles"].tolist()
+    monkeypatch.setattr(gen, "SAMPLE_CHUNK", 1000)
+    assert sample(tiny_model, 150, seed=3, properties=False)["smiles"].tolist() == whole["smiles"].tolist()
+
+
+def test_interpolate_says_whether_the_endpoints_are_the_molecules_asked_for(tiny_model, train_smiles, caplog):
+    a, b = train_smiles[0], train_smiles[1]
+    with caplog.at_level("WARNING", logger="molvae.generate"):
+        path = interpolate(tiny_model, a, b, steps=4)
+    exact = path["is_endpoint_exact"]
+    assert exact.iloc[0] == (path["smiles"].iloc[0] == chem.standardize(a)[0])
+    assert exact.iloc[-1] == (path["smiles"].iloc[-1] == chem.standardize(b)[0])
+    assert exact.iloc[1:-1].isna().all()
+    for end, t, ok in (("A", "t=0", exact.iloc[0]), ("B", "t=1", exact.iloc[-1])):
+        warned = [r.getMessage() for r in caplog.records if t in r.getMessage()]
+        assert bool(warned) == (not ok)
+        if warned:
+            assert f"not molecule {end}" in warned[0] and "Tanimoto" in warned[0]
+
+
+def test_reconstruct_writes_no_file_unless_asked(tiny_model_dir, tmp_path, capsys, monkeypatch, train_smiles):
+    src = tmp_path / "in.smi"
+    src.write_text("\n".join(train_smiles[:5]) + "\n")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["reconstruct", "--model", str(tiny_model_dir), str(src)]) == 0
+    assert list(work.iterdir()) == []
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "input,encoded,reason,reconstructed,exact" and len(lines) == 6
+    assert "exact reconstruction rate" in captured.err
+
+
+def test_unwritable_out_fails_before_sampling(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import molvae.generate as gen
+
+    def no_work(*a, **k):
+        raise AssertionError("sampled before checking --out")
+
+    monkeypatch.setattr(gen, "sample", no_work)
+    assert main(["sample", "--model", str(tiny_model_dir), "-n", "5", "--out", "/no/such/dir/x.csv"]) == 1
+    err = capsys.readouterr().err
+    assert "--out" in err and "/no/such/dir" in err
+    assert main(["reconstruct", "--model", str(tiny_model_dir), str(tmp_path / "x.smi"),
+                 "--out", "/no/such/dir/r.csv"]) == 1
+    assert "--out" in capsys.readouterr().err
+
+
+def test_reconstruct_limit_must_be_positive(tiny_model_dir, tmp_path, capsys, train_smiles):
+    src = tmp_path / "in.smi"
+    src.write_text("\n".join(train_smiles[:5]) + "\n")
+    assert main(["reconstruct", "--model", str(tiny_model_dir), str(src), "--limit", "-3"]) == 1
+    assert "--limit" in capsys.readouterr().err

@@ -28,7 +28,8 @@ def register(sub, bench) -> None:
     p = sub.add_parser("reconstruct", help="encode and decode molecules; report the exact-reconstruction rate")
     _add_model(p)
     p.add_argument("input", help="SMILES file (.csv/.smi, optionally .gz)")
-    p.add_argument("--out", default="reconstructions.csv")
+    p.add_argument("--out", default=None,
+                   help="CSV to write (default: the CSV goes to stdout, the summary to stderr)")
     p.add_argument("--limit", type=int, default=None, help="only the first N molecules")
     p.set_defaults(func=cmd_reconstruct)
 
@@ -70,7 +71,16 @@ def _training_set(path: str | None) -> tuple[set[str], str]:
     return set(read_smiles(src)), str(src)
 
 
+def _check_out(args) -> None:
+    # before any work: a run must not sample for minutes and then fail to write
+    from ..data import check_output_file
+
+    if args.out:
+        check_output_file(args.out)
+
+
 def cmd_sample(args) -> int:
+    _check_out(args)  # before importing torch: seconds on a busy machine
     from ..generate import sample
 
     model = _load(args)
@@ -87,19 +97,33 @@ def cmd_sample(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
+    import sys
+
+    from ..errors import MolvaeError
+
+    if args.limit is not None and args.limit < 1:
+        raise MolvaeError(f"--limit must be >= 1, got {args.limit}")
+    _check_out(args)
     from ..data import read_smiles
     from ..generate import reconstruct, reconstruction_rate
 
     model = _load(args)
     smiles = read_smiles(args.input)[: args.limit]
     table = reconstruct(model, smiles)
-    table.to_csv(args.out, index=False)
-    print(f"{len(table):,} molecules, {int(table['encoded'].sum()):,} encodable -> {args.out}")
-    print(f"exact reconstruction rate: {reconstruction_rate(table):.4f}")
+    # without --out the table is the output (stdout, pipeable) and the summary goes to stderr
+    report = sys.stdout if args.out else sys.stderr
+    if args.out:
+        table.to_csv(args.out, index=False)
+    else:
+        table.to_csv(sys.stdout, index=False)
+    print(f"{len(table):,} molecules, {int(table['encoded'].sum()):,} encodable"
+          + (f" -> {args.out}" if args.out else ""), file=report)
+    print(f"exact reconstruction rate: {reconstruction_rate(table):.4f}", file=report)
     return 0
 
 
 def cmd_interpolate(args) -> int:
+    _check_out(args)
     from ..generate import interpolate
 
     path = interpolate(_load(args), args.smiles_a, args.smiles_b, steps=args.steps, method=args.method)
@@ -111,6 +135,7 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_neighbors(args) -> int:
+    _check_out(args)
     from ..generate import neighbors
 
     table = neighbors(_load(args), args.smiles, n=args.n, radius=args.radius, seed=args.seed)
