@@ -73,7 +73,19 @@ Properties (raw value)
     file): a custom function ``f(smiles: list[str], **params) -> list[float]``, imported by
     name, called once per batch in this process, only on the valid molecules still feasible
     after the RDKit filters and earlier custom filters (so a costly docking run skips
-    molecules a filter already rejected). ``None``/NaN means "could not score".
+    molecules a filter already rejected). A molecule on which it raises, or for which it
+    returns ``None``, NaN, ±inf or something not a number, has *failed*: it is infeasible and
+    the score table's ``error`` column says why (when the whole batch raises, the molecules
+    are retried one by one to find the culprits; the others score normally).
+
+Code named by a file runs only when the person running molvae allows it
+    A ``module:function`` (or ``file.py:function``) reference names code to run, so a file
+    alone cannot run it: the reference is imported only with ``allow_code=True`` (``molvae
+    ... --allow-code``), or when the module (or the .py file's path) is listed in the
+    environment variable :data:`ALLOW_CODE_ENV` (``MOLVAE_ALLOW_CODE=mypackage.docking,other``;
+    a package allows its submodules). The standard library is never a scoring function, even
+    when allowed (``subprocess:getoutput`` would run the SMILES as a shell command). A Python
+    callable passed to :class:`Component` is the caller's own code and always runs.
 
 Transforms (x = raw value; REINVENT's formulas where REINVENT has the transform)
     ``identity``: x itself (for values already in [0, 1], or a raw single-property objective).
@@ -87,8 +99,8 @@ Transforms (x = raw value; REINVENT's formulas where REINVENT has the transform)
     ``step(low, high)``: 1 if low <= x <= high else 0 (either bound may be left out).
     NaN (not computable) maps to 0 under every transform.
 
-A raw value that could not be computed (RDKit failure, custom function returned ``None``) is
-NaN and transforms to 0. Presets: :data:`PRESETS`, :func:`preset`.
+A raw value that RDKit could not compute is NaN and transforms to 0. Presets:
+:data:`PRESETS`, :func:`preset`.
 """
 
 from __future__ import annotations
@@ -98,7 +110,9 @@ import importlib
 import importlib.util
 import math
 import numbers
+import os
 import sys
+import sysconfig
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -134,8 +148,13 @@ PARALLEL_MIN = 2000
 RAW_INFEASIBLE_SCORE = -100.0
 CELECOXIB = "CC1=CC=C(C=C1)C1=CC(=NN1C1=CC=C(C=C1)S(N)(=O)=O)C(F)(F)F"
 
+#: Environment variable listing the modules (or .py files) that objective files may name.
+ALLOW_CODE_ENV = "MOLVAE_ALLOW_CODE"
+#: Characters of a failed molecule's error text kept in the ``error`` column.
+ERROR_CHARS = 300
+
 _LN10 = math.log(10.0)
-_RESERVED_COLUMNS = ("smiles", "score", "feasible")
+_RESERVED_COLUMNS = ("smiles", "score", "feasible", "error")
 
 
 # ---------------------------------------------------------------------------- transforms
@@ -343,8 +362,40 @@ def _parse_transform(spec: Any, where: str) -> Transform:
 _FILE_MODULES: dict[Path, Any] = {}
 
 
-def _import_function(ref: str, where: str, base_dir: Path | None) -> Callable:
-    """Import ``package.module:function`` (or ``file.py:function``) without evaluating text."""
+def _allow_list() -> list[str]:
+    return [a.strip() for a in os.environ.get(ALLOW_CODE_ENV, "").split(",") if a.strip()]
+
+
+def _stdlib_file(path: Path) -> bool:
+    roots = {Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib")}
+    return any(path.is_relative_to(r) and "site-packages" not in path.parts for r in roots)
+
+
+def _check_code_allowed(ref: str, module_name: str, path: Path | None, where: str,
+                        allow_code: bool) -> None:
+    """Refuse to import code that a file names unless the person running molvae allowed it
+    (see "Code named by a file" in the module docstring). Runs nothing itself."""
+    top = module_name.partition(".")[0]
+    if (path is None and top in sys.stdlib_module_names) or (path is not None and _stdlib_file(path)):
+        raise MolvaeError(f"{where}: 'property' {ref!r} names the Python standard library "
+                          f"({module_name!r}), which is never a scoring function, even with "
+                          f"--allow-code; write the function in a module of your own")
+    if allow_code:
+        return
+    allowed = _allow_list()
+    if path is None and any(module_name == a or module_name.startswith(a + ".") for a in allowed):
+        return
+    if path is not None and any(a.endswith(".py") and Path(a).resolve() == path for a in allowed):
+        return
+    name = str(path) if path is not None else module_name
+    raise MolvaeError(f"{where}: 'property' {ref!r} would run code ({name}), and a file alone may not "
+                      f"run code. If you trust it, allow it from outside the file: the --allow-code "
+                      f"flag, allow_code=True in Python, or {ALLOW_CODE_ENV}={name} in the environment")
+
+
+def _import_function(ref: str, where: str, base_dir: Path | None, allow_code: bool = False) -> Callable:
+    """Import ``package.module:function`` (or ``file.py:function``) without evaluating text,
+    once :func:`_check_code_allowed` allows it."""
     module_name, _, func_name = ref.rpartition(":")
     if not module_name or not func_name:
         raise MolvaeError(f"{where}: 'property' {ref!r}: write a custom function as "
@@ -357,6 +408,7 @@ def _import_function(ref: str, where: str, base_dir: Path | None) -> Callable:
             path = path.resolve()
             if not path.is_file():
                 raise MolvaeError(f"{where}: 'property' {ref!r}: file {str(path)!r} not found")
+            _check_code_allowed(ref, module_name, path, where, allow_code)
             module = _FILE_MODULES.get(path)
             if module is None:
                 spec = importlib.util.spec_from_file_location(f"molvae_custom_{path.stem}", path)
@@ -364,6 +416,10 @@ def _import_function(ref: str, where: str, base_dir: Path | None) -> Callable:
                 spec.loader.exec_module(module)  # type: ignore[union-attr]
                 _FILE_MODULES[path] = module
         else:
+            top = module_name.partition(".")[0]
+            if top not in sys.stdlib_module_names and importlib.util.find_spec(top) is None:
+                raise ModuleNotFoundError(f"No module named {top!r}")  # found without running it
+            _check_code_allowed(ref, module_name, None, where, allow_code)
             module = importlib.import_module(module_name)
     except MolvaeError:
         raise
@@ -386,7 +442,8 @@ def _custom_default_name(prop: str | Callable) -> str:
     return name if name.isidentifier() else "custom"
 
 
-def _resolve(c: Component, index: int, source: str, base_dir: Path | None) -> _Resolved:
+def _resolve(c: Component, index: int, source: str, base_dir: Path | None,
+             allow_code: bool = False) -> _Resolved:
     """Check one component and work out how to compute it; errors name the component."""
     prop = c.property
     label = c.name or (prop if isinstance(prop, str) else _custom_default_name(prop))
@@ -403,7 +460,7 @@ def _resolve(c: Component, index: int, source: str, base_dir: Path | None) -> _R
     if callable(prop):
         kind, function = "custom", prop
     elif isinstance(prop, str) and ":" in prop:
-        kind, function = "custom", _import_function(prop, where, base_dir)
+        kind, function = "custom", _import_function(prop, where, base_dir, allow_code)
     elif isinstance(prop, str) and prop in PROPERTY_NAMES:
         kind = prop
     else:
@@ -577,6 +634,8 @@ class Objective:
         source: where the objective came from, for error messages (a file name).
         base_dir: folder that relative ``file.py:function`` references are resolved against.
         description: free text, kept for reports.
+        allow_code: import the ``module:function`` references of the components (else only
+            those listed in :data:`ALLOW_CODE_ENV`; see the module docstring).
 
     With exactly one scored component the score is its transformed value as is (so an
     identity transform reports raw penalized logP). With several, each must lie in [0, 1]:
@@ -586,9 +645,10 @@ class Objective:
 
     def __init__(self, components: Sequence[Component], aggregate: str = "geometric",
                  infeasible_score: float | None = None, source: str = "objective",
-                 base_dir: str | Path | None = None, description: str = ""):
+                 base_dir: str | Path | None = None, description: str = "", allow_code: bool = False):
         self.source = source
         self.description = description
+        self.allow_code = bool(allow_code)
         if aggregate not in AGGREGATES:
             raise MolvaeError(f"{source}: 'aggregate' {aggregate!r} is unknown"
                               f"{_suggest(aggregate, AGGREGATES)}; valid: {', '.join(AGGREGATES)}")
@@ -602,7 +662,7 @@ class Objective:
         for i, c in enumerate(components, 1):
             if not isinstance(c, Component):
                 raise MolvaeError(f"{source}: component {i} must be a Component, got {type(c).__name__}")
-            resolved.append(_resolve(c, i, source, base))
+            resolved.append(_resolve(c, i, source, base, self.allow_code))
         self._resolved = self._name(resolved)
         self.components: list[Component] = [r.component for r in self._resolved]
         self.names: list[str] = [r.name for r in self._resolved]
@@ -680,7 +740,10 @@ class Objective:
             - ``smiles``: the input as given;
             - ``score``: the aggregate, or ``infeasible_score`` when the molecule is invalid
               or fails a filter;
-            - ``feasible``: True when the SMILES is valid and passes every filter;
+            - ``feasible``: True when the SMILES is valid, passes every filter and every
+              custom function scored it;
+            - ``error``: why a custom function could not score the molecule (what it raised,
+              or the value it returned instead of a number); empty otherwise;
             - ``<name>_raw`` for each component: its raw value (property, Tanimoto, match or
               alert count, custom output); NaN if not computed (invalid SMILES, RDKit
               failure, custom function skipped because a filter already failed);
@@ -707,13 +770,18 @@ class Objective:
                 value[r.name] = r.transform(raw[r.name])
                 if r.component.filter:
                     feasible &= value[r.name] > 0
+        errors = [""] * n
         for r in self._resolved:
             if r.function is None:
                 continue
             column = np.full(n, np.nan)
             todo = np.flatnonzero(feasible)
             if todo.size:
-                column[todo] = self._call_custom(r, [smiles[i] for i in todo])
+                values, failed = self._call_custom(r, [smiles[i] for i in todo])
+                column[todo] = values
+                for i, error in zip(todo, failed):
+                    if error:  # failed: infeasible, and later functions skip it
+                        errors[i], feasible[i] = error, False
             raw[r.name] = column
             value[r.name] = r.transform(column)
             if r.component.filter:
@@ -723,30 +791,51 @@ class Objective:
             "smiles": smiles,
             "score": np.where(feasible, total, self.infeasible_score),
             "feasible": feasible,
+            "error": errors,
         }
         for name in self.names:
             table[f"{name}_raw"] = raw[name]
             table[name] = value[name]
         return pd.DataFrame(table)
 
-    def _call_custom(self, r: _Resolved, smiles: list[str]) -> np.ndarray:
+    def _call_custom(self, r: _Resolved, smiles: list[str]) -> tuple[np.ndarray, list[str]]:
+        """The custom function's values for a batch, and per molecule why it failed ('' if it
+        did not). A batch that raises is retried one molecule at a time, so that one hostile
+        molecule fails alone instead of stopping every run that meets it."""
         label = r.component.property if isinstance(r.component.property, str) else r.name
-        out = r.function(smiles, **dict(r.component.params))  # type: ignore[misc]
         try:
-            values = np.array([np.nan if v is None else float(v) for v in out], dtype=float)
-        except (TypeError, ValueError) as exc:
-            raise MolvaeError(f"{self.source}: custom function {label!r} must return one number per "
-                              f"SMILES ({exc})") from None
-        if len(values) != len(smiles):
-            raise MolvaeError(f"{self.source}: custom function {label!r} returned {len(values)} values "
+            out = r.function(smiles, **dict(r.component.params))  # type: ignore[misc]
+        except Exception as exc:  # the function's own error (a bug in it, or a hostile molecule)
+            if len(smiles) > 1:
+                parts = [self._call_custom(r, [s]) for s in smiles]
+                return np.concatenate([v for v, _ in parts]), [e for _, es in parts for e in es]
+            return np.array([np.nan]), [_error_text(f"{label} raised {type(exc).__name__}: {exc}")]
+        try:
+            out = list(out)
+        except TypeError:
+            raise MolvaeError(f"{self.source}: custom function {label!r} must return a list with one "
+                              f"number per SMILES, got {type(out).__name__}") from None
+        if len(out) != len(smiles):
+            raise MolvaeError(f"{self.source}: custom function {label!r} returned {len(out)} values "
                               f"for {len(smiles)} SMILES; it must return one per SMILES, in order")
+        values = np.full(len(out), np.nan)
+        errors = [""] * len(out)
+        for i, v in enumerate(out):
+            try:
+                x = math.nan if isinstance(v, (str, bytes)) else float(v)  # "3" is not a score
+            except (TypeError, ValueError):
+                x = math.nan
+            if math.isfinite(x):
+                values[i] = x
+            else:
+                errors[i] = _error_text(f"{label} returned {v!r}, not a number")
         if r.scoring and r.bounded is None and len(self._scoring) > 1:
             bad = values[(values < 0) | (values > 1)]
             if bad.size:
                 raise MolvaeError(f"{self.source}: component {r.name!r}: custom function {label!r} "
                                   f"returned {bad[0]:g}, outside [0, 1], but a mean of several "
                                   f"components needs each in [0, 1]; add a transform (sigmoid, clip …)")
-        return values
+        return values, errors
 
     def _aggregate(self, value: Mapping[str, np.ndarray], n: int) -> np.ndarray:
         if not self._scoring:
@@ -775,6 +864,12 @@ class Objective:
 
     def __repr__(self) -> str:
         return f"Objective({', '.join(self.names)}; aggregate={self.aggregate!r}, source={self.source!r})"
+
+
+def _error_text(text: str) -> str:
+    """One line, at most :data:`ERROR_CHARS` characters, for the ``error`` column."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
 
 
 def _component_dict(r: _Resolved) -> dict[str, Any]:
@@ -841,7 +936,8 @@ class MultiObjective:
             parts[r.name] = Objective(
                 [r.component] + shared, aggregate=objective.aggregate,
                 infeasible_score=objective.infeasible_score if objective._explicit_infeasible else None,
-                source=f"{objective.source} ({r.name})", base_dir=objective.base_dir)
+                source=f"{objective.source} ({r.name})", base_dir=objective.base_dir,
+                allow_code=objective.allow_code)
         if not parts:
             raise MolvaeError(f"{objective.source}: no scored component to split into objectives")
         return cls(parts)
@@ -854,8 +950,9 @@ class MultiObjective:
         """Score a batch against every objective.
 
         Returns:
-            Columns ``smiles``, ``feasible`` (for all objectives), ``<objective>_score`` for
-            each objective, then each objective's component columns (``<name>_raw``,
+            Columns ``smiles``, ``feasible`` (for all objectives), ``error`` (each objective's
+            reason, once), ``<objective>_score`` for each objective, then each objective's
+            component columns (``<name>_raw``,
             ``<name>``, as in :meth:`Objective.score`); a component shared by several
             objectives appears once, and a different component with a name already used is
             prefixed ``<objective>.``.
@@ -865,7 +962,9 @@ class MultiObjective:
         by_spec = dict(zip(self._specs, raw.T))
         tables = {name: obj._finish(smiles, valid, by_spec) for name, obj in self.objectives.items()}
         feasible = np.logical_and.reduce([t["feasible"].to_numpy() for t in tables.values()])
-        out: dict[str, Any] = {"smiles": smiles, "feasible": feasible}
+        errors = [" | ".join(dict.fromkeys(e for e in row if e))
+                  for row in zip(*(t["error"] for t in tables.values()))]
+        out: dict[str, Any] = {"smiles": smiles, "feasible": feasible, "error": errors}
         for name, t in tables.items():
             out[f"{name}_score"] = np.where(feasible, t["score"], self.objectives[name].infeasible_score)
         seen: dict[str, dict] = {}
@@ -905,8 +1004,9 @@ _COMMON_KEYS = ("property", "name", "weight", "filter", "transform")
 
 
 def objective_from_dict(data: Mapping[str, Any], source: str = "objective",
-                        base_dir: str | Path | None = None) -> Objective:
-    """An :class:`Objective` from a TOML-shaped dict; ``source`` names it in error messages."""
+                        base_dir: str | Path | None = None, allow_code: bool = False) -> Objective:
+    """An :class:`Objective` from a TOML-shaped dict; ``source`` names it in error messages.
+    ``allow_code``: see :class:`Objective` (the dict cannot allow its own code)."""
     if not isinstance(data, Mapping):
         raise MolvaeError(f"{source}: an objective must be a table with [[component]] entries, got {data!r}")
     for key in data:
@@ -947,11 +1047,12 @@ def objective_from_dict(data: Mapping[str, Any], source: str = "objective",
     if not isinstance(description, str):
         raise MolvaeError(f"{source}: 'description' must be a string")
     return Objective(components, aggregate=aggregate, infeasible_score=data.get("infeasible_score"),
-                     source=source, base_dir=base_dir, description=description)
+                     source=source, base_dir=base_dir, description=description, allow_code=allow_code)
 
 
-def load_objective(path: str | Path) -> Objective:
-    """Read an objective TOML file (format in the module docstring)."""
+def load_objective(path: str | Path, allow_code: bool = False) -> Objective:
+    """Read an objective TOML file (format in the module docstring); ``allow_code`` lets its
+    ``module:function`` components run (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise MolvaeError(f"objective file {str(path)!r} not found")
@@ -960,7 +1061,7 @@ def load_objective(path: str | Path) -> Objective:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise MolvaeError(f"{path}: invalid TOML: {exc}") from None
-    return objective_from_dict(data, source=str(path), base_dir=path.parent)
+    return objective_from_dict(data, source=str(path), base_dir=path.parent, allow_code=allow_code)
 
 
 # ---------------------------------------------------------------------------- presets
@@ -1048,17 +1149,19 @@ def preset(name: str) -> Objective:
     return objective_from_dict(PRESETS[name], source=f"preset {name!r}")
 
 
-def as_objective(spec: Any, base_dir: str | Path | None = None, source: str = "objective") -> Objective:
+def as_objective(spec: Any, base_dir: str | Path | None = None, source: str = "objective",
+                 allow_code: bool = False) -> Objective:
     """An :class:`Objective` from whatever a user or pipeline gives.
 
     Accepts an Objective, a preset name, a path to a TOML file (relative to ``base_dir``), a
     TOML-shaped dict (``source`` names it in errors), or any callable ``list[str] ->
-    list[float]`` (one custom component named ``custom``, scores as returned).
+    list[float]`` (one custom component named ``custom``, scores as returned). ``allow_code``
+    lets the ``module:function`` components of a file or dict run (see the module docstring).
     """
     if isinstance(spec, Objective):
         return spec
     if isinstance(spec, Mapping):
-        return objective_from_dict(spec, source=source, base_dir=base_dir)
+        return objective_from_dict(spec, source=source, base_dir=base_dir, allow_code=allow_code)
     if isinstance(spec, (str, Path)):
         text = str(spec)
         if isinstance(spec, str) and (text in PRESETS or text.startswith("similarity:")):
@@ -1067,7 +1170,7 @@ def as_objective(spec: Any, base_dir: str | Path | None = None, source: str = "o
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
         if path.suffix == ".toml" or path.is_file():
-            return load_objective(path)
+            return load_objective(path, allow_code=allow_code)
         return preset(text)  # raises, listing the presets
     if callable(spec):
         return Objective([Component(spec, name="custom")], source=source)
@@ -1076,13 +1179,15 @@ def as_objective(spec: Any, base_dir: str | Path | None = None, source: str = "o
 
 
 def as_multi_objective(spec: Any, base_dir: str | Path | None = None,
-                       source: str = "objective") -> MultiObjective:
+                       source: str = "objective", allow_code: bool = False) -> MultiObjective:
     """A :class:`MultiObjective` from a MultiObjective, a mapping name -> objective spec, a list
     of objective specs, or one objective spec whose scored components are split apart."""
     if isinstance(spec, MultiObjective):
         return spec
     if isinstance(spec, Mapping) and not set(spec) & set(_TOP_KEYS):  # name -> objective
-        return MultiObjective({str(k): as_objective(v, base_dir, f"{source}: {k}") for k, v in spec.items()})
+        return MultiObjective({str(k): as_objective(v, base_dir, f"{source}: {k}", allow_code)
+                               for k, v in spec.items()})
     if isinstance(spec, (list, tuple)):
-        return MultiObjective([as_objective(v, base_dir, f"{source}: {i}") for i, v in enumerate(spec, 1)])
-    return MultiObjective.from_objective(as_objective(spec, base_dir, source))
+        return MultiObjective([as_objective(v, base_dir, f"{source}: {i}", allow_code)
+                               for i, v in enumerate(spec, 1)])
+    return MultiObjective.from_objective(as_objective(spec, base_dir, source, allow_code))

@@ -33,3 +33,19 @@ def one_value(smiles: list[str]) -> list[float]:
 
 
 NOT_A_FUNCTION = 3
+
+
+def fails_on_nitrogen(smiles: list[str]) -> list[float]:
+    """Raises for the whole batch when one molecule holds nitrogen, as a docking wrapper that
+    meets a molecule it cannot prepare does."""
+    CALLS.append(list(smiles))
+    for s in smiles:
+        if "N" in s.upper().replace("NA", ""):
+            raise ValueError(f"cannot prepare {s}")
+    return [len(s) / 100 for s in smiles]
+
+
+def odd_values(smiles: list[str]) -> list:
+    """Returns, in turn, NaN, inf, None, text and a number: only the last is a score."""
+    odd = [float("nan"), float("inf"), None, "3.0", 0.5]
+    return [odd[i % len(odd)] for i in range(len(smiles))]

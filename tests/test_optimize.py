@@ -5,6 +5,7 @@ MolVAE's interface, and the end-to-end tests on a real tiny model trained here."
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import torch
 
 from molvae import chem
 from molvae import optimize as opt
-from molvae.optimize import region
+from molvae.optimize import loop, region
 from molvae.errors import MolvaeError
 from molvae.optimize import optimize, pareto_mask, sample_prior_baseline, top_k_auc
 
@@ -380,6 +381,125 @@ def test_multi_objective_pareto_front_is_non_dominated(fake):
     assert table["pareto"].iloc[: front.sum()].all()   # the front comes first
 
 
+def test_an_impossible_scaffold_is_reported_not_scored_as_zero(fake, tmp_path, caplog):
+    """Issue 13 item 7: no feasible molecule in the whole run must be said, not shown as 0."""
+    with caplog.at_level("WARNING"):
+        table = optimize(fake, "qed", budget=20, sampler="random", batch_size=16, scaffold="[U]",
+                         out_dir=tmp_path / "run", progress=False)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["n_feasible"] == 0 and not table["feasible"].any() and s["oracle_calls"] == 20
+    assert any(w.startswith("no feasible molecule among the 20 scored (scaffold rejected 20)")
+               for w in s["warnings"]), s["warnings"]
+    assert "no feasible molecule" in caplog.text
+    ok = optimize(fake, "qed", budget=20, sampler="random", batch_size=16, progress=False)
+    assert ok.attrs["summary"]["warnings"] == [] and ok.attrs["summary"]["n_feasible"] == 20
+
+
+# ---------------------------------------------------------------------------- failing objectives
+
+
+class Failing(Counting):
+    """A custom objective that raises for a whole batch when it holds a fluorine compound (the
+    way a docking wrapper fails on a molecule it cannot prepare), and returns NaN for chlorine
+    compounds."""
+
+    def __call__(self, smiles):
+        self.calls.append(list(smiles))
+        bad = [s for s in smiles if "F" in s]
+        if bad:
+            raise RuntimeError(f"docking failed for {bad[0]}")
+        return [math.nan if "Cl" in s else chem.PROPERTIES["qed"](chem.to_mol(s)) for s in smiles]
+
+
+def test_molecules_the_objective_fails_on_are_recorded_and_never_rescored(fake, tmp_path):
+    """Issue 13 item 2: the run goes on, the failures are in molecules.csv with their error,
+    and a re-run neither scores them again nor aborts."""
+    out = tmp_path / "run"
+    first = Failing()
+    table = optimize(fake, first, budget=40, sampler="random", batch_size=8, out_dir=out, progress=False)
+    rows = pd.read_csv(out / "molecules.csv")
+    rows["error"] = rows["error"].fillna("")
+    fluorine, chlorine = rows["smiles"].str.contains("F"), rows["smiles"].str.contains("Cl")
+    assert fluorine.any() and (chlorine & ~fluorine).any()  # the test meets both kinds
+    failed = rows["error"] != ""
+    assert (failed == (fluorine | chlorine)).all()
+    for smiles, error in rows.loc[fluorine, ["smiles", "error"]].itertuples(index=False):
+        assert error == f"custom raised RuntimeError: docking failed for {smiles}"
+    assert (rows.loc[chlorine & ~fluorine, "error"] == "custom returned nan, not a number").all()
+    assert not rows.loc[failed, "feasible"].any() and (rows.loc[failed, "score"] == 0).all()
+    assert list(rows["oracle_call"]) == list(range(1, 41))  # failures count against the budget
+    s = table.attrs["summary"]
+    assert s["n_failed"] == failed.sum() and s["n_feasible"] == (~failed).sum()
+    assert any("could not be scored" in w for w in s["warnings"])
+
+    again = Failing()
+    table = optimize(fake, again, budget=60, sampler="random", batch_size=8, out_dir=out, progress=False)
+    assert not set(again.scored) & set(rows["smiles"])  # nothing of the first run scored again
+    after = pd.read_csv(out / "molecules.csv")
+    assert list(after["oracle_call"]) == list(range(1, 61)) and after["smiles"].is_unique
+    assert table.attrs["summary"]["n_failed"] == after["error"].notna().sum() > s["n_failed"]
+
+
+def test_an_objective_that_fails_on_everything_stops_the_run(fake, tmp_path):
+    def broken(smiles):
+        raise OSError("receptor.pdbqt not found")
+
+    with pytest.raises(MolvaeError, match=r"failed on every one of the first 3\d molecules.*receptor\.pdbqt"):
+        optimize(fake, broken, budget=500, sampler="random", batch_size=8, out_dir=tmp_path / "run",
+                 progress=False)
+    rows = pd.read_csv(tmp_path / "run" / "molecules.csv")  # written, to see what failed
+    assert loop.FAILING_STOP <= len(rows) < loop.FAILING_STOP + 8
+    assert rows["error"].str.contains("receptor.pdbqt not found").all()
+
+
+def test_more_workers_than_free_cores_is_warned_about(fake, tmp_path, monkeypatch):
+    """Issue 13 item 8: 2 workers on a busy 2-core machine ran 4.8x slower than one."""
+    from molvae.optimize.run import oversubscription_warning as warning
+
+    assert warning(1, cpus=1, load=8.0) is None  # one worker: nothing to split
+    assert warning(4, cpus=8, load=0.2) is None
+    assert warning(2, cpus=2, load=1.6).startswith("2 workers but 1 free CPU core (2 usable, load 1.6)")
+    assert "Use 4 workers" in warning(6, cpus=4, load=0.0)
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    table = optimize(fake, "qed", budget=16, sampler="random", batch_size=8, workers=2,
+                     out_dir=tmp_path / "run", progress=False)
+    s = table.attrs["summary"]
+    assert s["workers"] == 2 and s["warnings"][0].startswith("2 workers but 1 free CPU core")
+
+
+def test_cli_names_the_flags_and_runs_code_only_when_allowed(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Issue 13 items 7 and 13, as typed at the command line."""
+    from molvae.cli import main
+
+    no_model = str(tmp_path / "no-model")  # the flags are checked before any model loads
+    assert main(["optimize", "--model", no_model, "--out", str(tmp_path / "a"), "--lead", "CCO",
+                 "--min-similarity", "2"]) == 1
+    assert "error: --min-similarity must be in [0, 1]" in capsys.readouterr().err
+    assert main(["optimize", "--model", no_model, "--out", str(tmp_path / "a"), "--min-similarity", "0.5"]) == 1
+    assert "--min-similarity needs --lead" in capsys.readouterr().err
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "my_scorer.py").write_text(
+        "from pathlib import Path\n"
+        "def score(smiles):\n"
+        f"    Path({str(tmp_path / 'called')!r}).touch()\n"
+        "    return [len(s) / 100 for s in smiles]\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("MOLVAE_ALLOW_CODE", raising=False)
+    monkeypatch.setattr(loop, "STALL_BATCHES", 3)  # an undertrained decoder repeats itself
+    toml = tmp_path / "objective.toml"
+    toml.write_text('[[component]]\nproperty = "my_scorer:score"\n')
+    args = ["optimize", "--model", str(tiny_model_dir), "--objective", str(toml), "--budget", "4",
+            "--batch-size", "8", "--components", "4", "--sampler", "random", "--out", str(tmp_path / "b")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{toml}: component 1 ('my_scorer:score')" in err and "--allow-code" in err
+    assert not (tmp_path / "called").exists()
+    assert main(args + ["--allow-code"]) == 0
+    assert (tmp_path / "called").exists() and "molecules scored" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------- metrics, baseline
 
 
@@ -409,7 +529,7 @@ def test_real_model_end_to_end_and_cli(tiny_model_dir, tiny_model, tmp_path, mon
     from molvae.cli import main
 
     path, model = tiny_model_dir, tiny_model
-    monkeypatch.setattr(opt, "STALL_BATCHES", 3)  # an undertrained decoder repeats itself
+    monkeypatch.setattr(loop, "STALL_BATCHES", 3)  # an undertrained decoder repeats itself
     objective = Counting()
     table = optimize(model, objective, budget=6, sampler="cmaes", batch_size=8, n_components=4,
                      out_dir=tmp_path / "run", progress=False)

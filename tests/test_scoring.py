@@ -126,7 +126,7 @@ def test_column_names_and_default_suffixes():
                      Component("qed", name="drug_likeness")])
     assert obj.names == ["similarity", "similarity_2", "drug_likeness"]
     assert list(obj.score(["CCO"]).columns) == [
-        "smiles", "score", "feasible", "similarity_raw", "similarity", "similarity_2_raw",
+        "smiles", "score", "feasible", "error", "similarity_raw", "similarity", "similarity_2_raw",
         "similarity_2", "drug_likeness_raw", "drug_likeness"]
     with pytest.raises(MolvaeError, match="already used by component 1"):
         Objective([Component("qed", name="x"), Component("sa", name="x")])
@@ -185,7 +185,7 @@ def test_alerts_and_lipinski():
 
 
 def test_custom_function_by_name(custom_module):
-    obj = Objective([Component("custom_scorer_example:carbon_fraction")])
+    obj = Objective([Component("custom_scorer_example:carbon_fraction")], allow_code=True)
     table = obj.score(["CCO", "CC", "bad"])
     np.testing.assert_allclose(table["carbon_fraction"], [2 / 3, 1.0, 0.0])
     assert table["feasible"].tolist() == [True, True, False]
@@ -205,7 +205,7 @@ property = "custom_scorer_example:length_over"
 params = { scale = 100.0 }
 transform = { type = "clip", low = 0, high = 1 }
 """)
-    table = load_objective(path).score([NITROBENZENE, "CCO"])
+    table = load_objective(path, allow_code=True).score([NITROBENZENE, "CCO"])
     assert custom_module.CALLS == [["CCO"]]  # the nitro compound never reached it
     assert math.isnan(table["carbon_fraction_raw"][0])
     assert table["length_over_raw"][1] == pytest.approx(0.03)
@@ -217,13 +217,13 @@ def test_custom_function_from_file_and_python_callable(tmp_path):
 [[component]]
 property = "{(HERE / 'custom_scorer_example.py').as_posix()}:carbon_fraction"
 """)
-    assert load_objective(path)(["CO"]) == [pytest.approx(0.5)]
+    assert load_objective(path, allow_code=True)(["CO"]) == [pytest.approx(0.5)]
     obj = as_objective(lambda smiles: [len(s) for s in smiles])
     assert obj.names == ["custom"] and obj(["CCO", "C"]) == [3.0, 1.0]
 
 
 def test_custom_function_must_return_one_value_per_smiles(custom_module):
-    obj = Objective([Component("custom_scorer_example:one_value")])
+    obj = Objective([Component("custom_scorer_example:one_value")], allow_code=True)
     with pytest.raises(MolvaeError, match="returned 1 values for 2 SMILES"):
         obj(["CCO", "CC"])
 
@@ -232,6 +232,104 @@ def test_custom_values_outside_unit_interval_rejected_in_a_mean():
     obj = Objective([Component("qed"), Component(constant(-7.5), name="dock")])
     with pytest.raises(MolvaeError, match=r"'dock'.*-7\.5, outside \[0, 1\]"):
         obj([ASPIRIN])
+
+
+def test_a_molecule_the_function_fails_on_fails_alone(custom_module):
+    """Issue 13 item 2: one molecule that makes a custom function raise must not sink the
+    batch; a NaN, inf, None or text instead of a number is a failure too, not a feasible 0."""
+    obj = Objective([Component("custom_scorer_example:fails_on_nitrogen")], allow_code=True)
+    table = obj.score(["CCO", "CCN", "CCCC", "bad"])
+    assert table["feasible"].tolist() == [True, False, True, False]
+    assert table["error"][1] == "custom_scorer_example:fails_on_nitrogen raised ValueError: cannot prepare CCN"
+    assert table["error"][0] == table["error"][2] == table["error"][3] == ""  # 'bad': invalid, not failed
+    assert table["score"].tolist() == [0.03, 0.0, 0.04, 0.0]
+    # the batch first, then one molecule at a time to find the culprit
+    assert custom_module.CALLS == [["CCO", "CCN", "CCCC"], ["CCO"], ["CCN"], ["CCCC"]]
+
+    odd = Objective([Component("custom_scorer_example:odd_values")], allow_code=True).score(["C"] * 5)
+    assert odd["feasible"].tolist() == [False, False, False, False, True]
+    assert [e.rpartition("returned ")[2] for e in odd["error"][:4]] == [
+        "nan, not a number", "inf, not a number", "None, not a number", "'3.0', not a number"]
+    assert odd["score"].tolist() == [0.0, 0.0, 0.0, 0.0, 0.5]
+    multi = MultiObjective({"a": Objective([Component("qed")]),
+                            "b": Objective([Component("custom_scorer_example:odd_values")], allow_code=True)})
+    table = multi.score(["CCO", "CO"])
+    assert table["feasible"].tolist() == [False, False] and "returned nan" in table["error"][0]
+
+
+PLANTED = """
+from pathlib import Path
+Path({marker!r}).with_suffix(".imported").touch()   # runs on import
+
+
+def score(smiles):
+    Path({marker!r}).with_suffix(".called").touch()
+    return [1.0 for _ in smiles]
+"""
+
+
+@pytest.fixture
+def planted(tmp_path, monkeypatch):
+    """A module that leaves a marker file when it is imported and another when it is called."""
+    package = tmp_path / "site"
+    package.mkdir()
+    marker = tmp_path / "marker"
+    (package / "planted.py").write_text(PLANTED.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(package))
+    monkeypatch.delenv("MOLVAE_ALLOW_CODE", raising=False)
+    return marker
+
+
+def test_a_file_cannot_run_the_code_it_names(tmp_path, planted):
+    """Issue 13 item 13: an objective file passed between colleagues must not run code."""
+    path = write(tmp_path, '[[component]]\nproperty = "planted:score"\n')
+    with pytest.raises(MolvaeError) as err:
+        load_objective(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: component 1 ('planted:score')"), message
+    assert "--allow-code" in message and "allow_code=True" in message and "MOLVAE_ALLOW_CODE=planted" in message
+    with pytest.raises(MolvaeError, match="would run code"):  # the same table reached from a pipeline
+        as_objective({"component": [{"property": "planted:score"}]}, source="run.toml [optimize]")
+    assert not planted.with_suffix(".imported").exists() and not planted.with_suffix(".called").exists()
+
+    # The standard library is never a scoring function, whoever allows it.
+    shell = write(tmp_path, '[[component]]\nproperty = "subprocess:getoutput"\n', "shell.toml")
+    for allow in (False, True):
+        with pytest.raises(MolvaeError, match=r"component 1 \('subprocess:getoutput'\): .*standard library"):
+            load_objective(shell, allow_code=allow)
+    import subprocess
+
+    as_file = write(tmp_path, f'[[component]]\nproperty = "{subprocess.__file__}:getoutput"\n', "file.toml")
+    with pytest.raises(MolvaeError, match="standard library"):
+        load_objective(as_file, allow_code=True)
+
+
+def test_code_runs_when_allowed_from_outside_the_file(tmp_path, planted, monkeypatch):
+    path = write(tmp_path, '[[component]]\nproperty = "planted:score"\n')
+    monkeypatch.setenv("MOLVAE_ALLOW_CODE", "other.module, planted_not")  # not this one
+    with pytest.raises(MolvaeError, match="would run code"):
+        load_objective(path)
+    assert not planted.with_suffix(".imported").exists()
+    monkeypatch.setenv("MOLVAE_ALLOW_CODE", "other.module,planted")
+    assert load_objective(path)(["CCO"]) == [1.0]
+    assert planted.with_suffix(".called").exists()
+    monkeypatch.delenv("MOLVAE_ALLOW_CODE")
+    assert load_objective(path, allow_code=True)(["CCO"]) == [1.0]
+    # a .py file is allowed by its path
+    example = HERE / "custom_scorer_example.py"
+    by_file = write(tmp_path, f'[[component]]\nproperty = "{example.as_posix()}:length_over"\n', "f.toml")
+    with pytest.raises(MolvaeError, match="would run code"):
+        load_objective(by_file)
+    monkeypatch.setenv("MOLVAE_ALLOW_CODE", str(example))
+    assert load_objective(by_file)(["CCCC"]) == [0.4]
+    # allowed, a misspelt function is still named with a suggestion
+    monkeypatch.syspath_prepend(str(HERE))
+    misspelt = write(tmp_path, '[[component]]\nproperty = "custom_scorer_example:lenght_over"\n', "m.toml")
+    with pytest.raises(MolvaeError, match=r"has no function 'lenght_over' \(did you mean 'length_over'\?\)"):
+        load_objective(misspelt, allow_code=True)
+    # a Python callable is the caller's own code: it always runs
+    monkeypatch.delenv("MOLVAE_ALLOW_CODE")
+    assert Objective([Component(lambda smiles: [0.25] * len(smiles), name="mine")])(["CCO"]) == [0.25]
 
 
 # ---------------------------------------------------------------------------- TOML validation
@@ -258,7 +356,7 @@ def test_custom_values_outside_unit_interval_rejected_in_a_mean():
     ('[[component]]\nproperty = "mw"\nfilter = true\ntransform = { type = "sigmoid", low = 1, high = 2 }',
      "a filter needs a transform that gives 0"),
     ('[[component]]\nproperty = "no_such_module_xyz:fn"', "cannot import 'no_such_module_xyz'"),
-    ('[[component]]\nproperty = "math:sqrtt"', "module 'math' has no function 'sqrtt' (did you mean 'sqrt'?)"),
+    ('[[component]]\nproperty = "math:sqrt"', "names the Python standard library ('math')"),
     ('aggergate = "geometric"\n[[component]]\nproperty = "qed"', "unknown key 'aggergate' (did you mean 'aggregate'?)"),
     ('aggregate = "harmonic"\n[[component]]\nproperty = "qed"', "'aggregate' 'harmonic' is unknown"),
     ('aggregate = "geometric"', "no components"),

@@ -32,6 +32,9 @@ def register(sub, bench) -> None:
     p.add_argument("--min-similarity", type=float, default=None,
                    help=f"with --lead: Tanimoto floor, Morgan r2 2048 bits (default {DEFAULT_SIMILARITY})")
     p.add_argument("--scaffold", default=None, help="SMARTS every feasible molecule must contain")
+    p.add_argument("--allow-code", action="store_true",
+                   help="let the objective file run the module:function components it names (a file "
+                        "alone may not run code; or list the modules in MOLVAE_ALLOW_CODE)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage: an RDB URL (sqlite:///study.db, postgresql://...), "
                         "journal:PATH or memory (default: the journal file OUT/study.journal)")
@@ -81,12 +84,12 @@ def register(sub, bench) -> None:
     b.set_defaults(func=cmd_bench)
 
 
-def _objective(specs: list[str]):
+def _objective(specs: list[str], allow_code: bool = False):
     from ..scoring import as_multi_objective, as_objective
 
     if len(specs) == 1:
-        return as_objective(specs[0], base_dir=Path.cwd(), source=specs[0])
-    return as_multi_objective(list(specs), base_dir=Path.cwd())
+        return as_objective(specs[0], base_dir=Path.cwd(), source=specs[0], allow_code=allow_code)
+    return as_multi_objective(list(specs), base_dir=Path.cwd(), allow_code=allow_code)
 
 
 def _fmt(v) -> str:
@@ -96,11 +99,19 @@ def _fmt(v) -> str:
 
 
 def cmd_optimize(args) -> int:
+    from ..errors import MolvaeError
     from ..model import load_model
     from ..optimize import optimize
 
+    # Errors in the flags' own words, before the model loads.
+    if args.min_similarity is not None:
+        if args.lead is None:
+            raise MolvaeError("--min-similarity needs --lead: it is the similarity floor to the lead molecule")
+        if not 0 <= args.min_similarity <= 1:
+            raise MolvaeError(f"--min-similarity must be in [0, 1] (a Tanimoto similarity), "
+                              f"got {args.min_similarity:g}")
+    objective = _objective(args.objective, args.allow_code)
     model = load_model(args.model, device=args.device)
-    objective = _objective(args.objective)
     table = optimize(model, objective, budget=args.budget, sampler=args.sampler, batch_size=args.batch_size,
                      seed=args.seed, out_dir=args.out, start=args.start, lead=args.lead,
                      similarity_threshold=args.min_similarity, scaffold=args.scaffold,
@@ -118,7 +129,8 @@ def cmd_optimize(args) -> int:
     for i, row in enumerate(top.itertuples(index=False), 1):
         smi = row[0] if len(row[0]) <= 60 else row[0][:57] + "..."
         print(f"{i:>3} {smi:<{width}} " + " ".join(f"{_fmt(v):>12}" for v in row[1:]))
-    print(f"\n{s['oracle_calls']} molecules scored (budget {s['budget']}; stopped: {s['stop_reason']}), "
+    print(f"\n{s['oracle_calls']} molecules scored ({s['n_feasible']} feasible, {s['n_failed']} failed; "
+          f"budget {s['budget']}; stopped: {s['stop_reason']}), "
           f"top-1 {_fmt(s['top1'])}, top-10 mean {_fmt(s['top10_mean'])}, AUC top-10 {_fmt(s['auc_top10'])}")
     print(f"{s['wall_s']:.1f} s, {s['calls_per_s']:.1f} molecules/s; written to {args.out} "
           "(molecules.csv, top.csv, summary.json, curve.png)")

@@ -23,6 +23,14 @@ them repeats, and stalls), or the cached score with ``duplicates="cached"``. Inv
 decodes (no molecule, or fewer than 2 heavy atoms) are never scored, never counted, and are
 told the objective's infeasible score.
 
+*Failures.* A molecule on which the objective raises, or returns no number (None, NaN, inf),
+has failed (:meth:`molvae.scoring.Objective.score` retries a batch that raised one molecule
+at a time): it is recorded with its ``error``, infeasible, told the infeasible score, and
+never scored again, also not on resume. It counts against the budget: it was an oracle call
+(PMO counts calls; a docking run spent its time on it), and hostile molecules must not make
+a run endless. When the first :data:`~molvae.optimize.loop.FAILING_STOP` molecules all fail,
+the objective itself is broken and the run stops with an error.
+
 *Samplers.* CMA-ES (:class:`molvae.samplers.BatchCmaEsSampler`, one generation per batch) is
 the default: with the shipped model it had the best AUC top-10 of the fast samplers on every
 task of ``molvae bench optimize`` (README: 3 seeds at 1,000 and 10,000 calls). Batches of 16
@@ -36,12 +44,14 @@ that grows with the trials: they suit expensive objectives and small budgets.
     molecules.csv     every unique molecule scored, append-only, flushed each batch:
                       oracle_call (1-based, the budget clock), smiles (canonical), score,
                       (several objectives: <objective>_score for each instead of score),
-                      feasible, every component's <name>_raw and <name> column from the
+                      feasible, error (why the objective could not score it; empty when
+                      it could), every component's <name>_raw and <name> column from the
                       objective's score table, trial (the Optuna trial number that first
                       decoded it), batch, worker, seconds (wall seconds into the run)
     top.csv           the 100 best molecules with RDKit properties (multi-objective: the
                       Pareto set first)
-    summary.json      top-1/10/100, PMO AUCs, counts, wall time and its split, stop reason
+    summary.json      top-1/10/100, PMO AUCs, counts (n_feasible, n_failed, ...), wall time
+                      and its split, stop reason, warnings (e.g. no feasible molecule found)
     curve.png         best and top-10 mean score against oracle calls
     study.journal     the Optuna study (a JournalStorage file, the default storage; load it with
                       optuna.load_study(study_name=<folder name>, storage=JournalStorage(
@@ -84,11 +94,12 @@ read where it is defined (set ``molvae.optimize.region.PCA_MOLECULES``, not a co
 """
 
 from .ledger import MOLECULES_FILE, MoleculeLog
-from .loop import DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, SAMPLERS, STALL_BATCHES, make_sampler
+from .loop import (DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, FAILING_STOP, SAMPLERS,
+                   STALL_BATCHES, make_sampler)
 from .outputs import TOP_N, pareto_mask, plot_curve, running_top_mean, top_k_auc
 from .region import (DEFAULT_BOUND, DEFAULT_COMPONENTS, DEFAULT_TRUST_RADIUS, PCA_MOLECULES, LatentPCA,
                      SearchSpace, fit_latent_pca, model_fingerprint, pca_space, trust_region)
-from .run import DEFAULT_SIMILARITY, RUN_FORMAT, optimize, sample_prior_baseline
+from .run import DEFAULT_SIMILARITY, RUN_FORMAT, optimize, oversubscription_warning, sample_prior_baseline
 from .storage import open_storage
 
 __all__ = [
@@ -97,5 +108,5 @@ __all__ = [
     "running_top_mean", "pareto_mask", "plot_curve", "SAMPLERS", "DEFAULT_SAMPLER",
     "DEFAULT_MULTI_SAMPLER", "DEFAULT_BATCH_SIZE", "DEFAULT_COMPONENTS", "DEFAULT_BOUND",
     "DEFAULT_TRUST_RADIUS", "DEFAULT_SIMILARITY", "PCA_MOLECULES", "STALL_BATCHES", "TOP_N",
-    "RUN_FORMAT", "MOLECULES_FILE",
+    "RUN_FORMAT", "MOLECULES_FILE", "FAILING_STOP", "oversubscription_warning",
 ]

@@ -53,6 +53,7 @@ class MoleculeLog:
     """
 
     INT_COLUMNS = ("oracle_call", "trial", "batch", "worker")
+    TEXT_COLUMNS = ("smiles", "error")
 
     def __init__(self, path: Path | None, columns: list[str], value_columns: list[str],
                  shared: bool = False):
@@ -65,6 +66,7 @@ class MoleculeLog:
         # 'score' in oracle order; for several objectives the mean of their values, which
         # only ranks molecules and drives the stop rules (each value is kept in its column).
         self.scores: list[float] = []
+        self.n_failed = 0  # molecules the objective could not score (non-empty 'error')
         self._value_idx = [columns.index(c) for c in value_columns]
         self._col = {c: i for i, c in enumerate(columns)}
         self._offset = 0
@@ -136,7 +138,7 @@ class MoleculeLog:
     def _parse(self, record: list[str]) -> list[Any]:
         out: list[Any] = []
         for name, text in zip(self.columns, record):
-            if name == "smiles":
+            if name in self.TEXT_COLUMNS:
                 out.append(text)
             elif name == "feasible":
                 out.append(text == "True")
@@ -151,6 +153,8 @@ class MoleculeLog:
         self.rows.append(row)
         values = [row[j] for j in self._value_idx]
         self.scores.append(values[0] if len(values) == 1 else float(np.mean(values)))
+        if "error" in self._col and row[self._col["error"]]:
+            self.n_failed += 1
 
     def append(self, table: pd.DataFrame, extra: dict[str, Any]) -> list[int]:
         """Append scored molecules (rows of a score table plus ``extra`` columns, which may be
@@ -225,8 +229,8 @@ def _csv_field(text: str) -> str:
 
 
 def _coerce(column: str, value: Any) -> Any:
-    if column == "smiles":
-        return value
+    if column in MoleculeLog.TEXT_COLUMNS:
+        return "" if value is None else str(value)
     if column == "feasible":
         return bool(value)
     if column in MoleculeLog.INT_COLUMNS:

@@ -30,6 +30,10 @@ DEFAULT_MULTI_SAMPLER = "nsga2"
 DEFAULT_BATCH_SIZE = 16
 #: Batches in a row without a new molecule before the search counts as converged.
 STALL_BATCHES = 25
+#: When the first this-many molecules all failed to score, the objective is broken (a wrong
+#: path, a missing licence), not meeting hostile molecules: stop instead of spending the
+#: budget on failures.
+FAILING_STOP = 32
 
 
 def make_sampler(name: str, seed: int, batch_size: int, multi: bool = False,
@@ -128,8 +132,10 @@ class _Stopper:
                 self.best, self.best_call = scores[i], i + 1
         self.seen = len(scores)
 
-    def reason(self, n_scored: int, stalled: int) -> str | None:
+    def reason(self, n_scored: int, stalled: int, all_failed: bool = False) -> str | None:
         s = self.s
+        if all_failed:
+            return "objective_failing"
         if n_scored >= s.budget:
             return "budget"
         if s.target is not None and self.best >= s.target:
@@ -217,7 +223,8 @@ def _search(model, proposer, scorer: _Scorer, mlog: MoleculeLog, settings: _Sett
                 mlog.sync()
                 n_claimed = len(mlog.read_claims())
             stopper.update(mlog.scores)
-            reason = stopper.reason(len(mlog) + n_claimed, stalled)
+            reason = stopper.reason(len(mlog) + n_claimed, stalled,
+                                    all_failed=FAILING_STOP <= mlog.n_failed == len(mlog))
             if reason is not None:
                 break
             trials, numbers, z = proposer.propose(settings.batch_size, stats)

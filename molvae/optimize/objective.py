@@ -37,6 +37,12 @@ class _Scorer:
     def score(self, smiles: Sequence[str]) -> pd.DataFrame:
         return self.objective.score(list(smiles), progress=False)
 
+    def filter_names(self) -> list[str]:
+        """Columns of the hard filters (value 0 = the molecule failed that filter)."""
+        objectives = self.objective.objectives.values() if self.multi else [self.objective]
+        names = [r.name for o in objectives for r in o._resolved if r.component.filter]
+        return [n for n in dict.fromkeys(names) if n in self.columns]
+
     def describe(self) -> str:
         if self.multi:
             return "multi-objective: " + ", ".join(self.objective.names)
@@ -45,20 +51,20 @@ class _Scorer:
 
 
 def _log_columns(scorer: _Scorer) -> list[str]:
-    """Columns of molecules.csv: see the module docstring."""
+    """Columns of molecules.csv: see :mod:`molvae.optimize` (``error`` follows ``feasible``)."""
     values = scorer.value_columns
     components = [c for c in scorer.columns if c not in ("smiles", "feasible", *values)]
     return ["oracle_call", "smiles", *values, "feasible", *components, "trial", "batch", "worker", "seconds"]
 
 
-def _resolve_objective(objective) -> Any:
+def _resolve_objective(objective, allow_code: bool = False) -> Any:
     from ..scoring import MultiObjective, as_multi_objective, as_objective
 
     if isinstance(objective, MultiObjective):
         return objective
     if isinstance(objective, (list, tuple)):
-        return as_multi_objective(list(objective))
-    return as_objective(objective)
+        return as_multi_objective(list(objective), allow_code=allow_code)
+    return as_objective(objective, allow_code=allow_code)
 
 
 def _with_filters(objective, components: list) -> Any:
@@ -72,4 +78,4 @@ def _with_filters(objective, components: list) -> Any:
     return Objective(list(objective.components) + components, aggregate=objective.aggregate,
                      infeasible_score=objective.infeasible_score if objective._explicit_infeasible else None,
                      source=objective.source, base_dir=objective.base_dir,
-                     description=objective.description)
+                     description=objective.description, allow_code=objective.allow_code)

@@ -87,6 +87,8 @@ def _summarize(mlog: MoleculeLog, scorer: _Scorer, stats: _Stats, wall: float, b
     def top(k):
         return float(ranked[:k].mean()) if len(ranked) else float("nan")
 
+    frame = mlog.frame()
+    n_feasible = int(frame["feasible"].sum()) if len(frame) else 0
     time_split = {f"{k}_s": round(v, 3) for k, v in stats.time.items()}
     accounted = sum(stats.time.values())
     time_split["other_s"] = round(max(0.0, wall - accounted), 3)
@@ -101,7 +103,7 @@ def _summarize(mlog: MoleculeLog, scorer: _Scorer, stats: _Stats, wall: float, b
         "top1": top(1), "top10_mean": top(10), "top100_mean": top(100),
         "auc_top1": top_k_auc(scores, 1, budget), "auc_top10": top_k_auc(scores, 10, budget),
         "auc_top100": top_k_auc(scores, 100, budget),
-        "feasible_fraction": float(mlog.frame()["feasible"].mean()) if len(mlog) else float("nan"),
+        "feasible_fraction": float(frame["feasible"].mean()) if len(mlog) else float("nan"),
         "trials": stats.trials,
         "invalid_decodes": stats.invalid,
         "duplicate_decodes": stats.duplicates,
@@ -114,13 +116,34 @@ def _summarize(mlog: MoleculeLog, scorer: _Scorer, stats: _Stats, wall: float, b
         "time": time_split,
         # Everything but scoring: what the optimizer adds on top of the oracle's own cost.
         "overhead_fraction": round(1 - stats.time["score"] / wall, 4) if wall > 0 else float("nan"),
+        "n_feasible": n_feasible,
+        "n_failed": mlog.n_failed,
+        "warnings": _warnings(frame, scorer, mlog.n_failed, n_feasible),
     }
     if scorer.multi:
-        values = mlog.frame()[scorer.value_columns].to_numpy() if len(mlog) else np.zeros((0, 1))
+        values = frame[scorer.value_columns].to_numpy() if len(mlog) else np.zeros((0, 1))
         out["pareto_size"] = int(pareto_mask(values).sum()) if len(values) else 0
         out["objectives"] = {c: {"top1": float(np.max(values[:, j])) if len(values) else float("nan"),
                                  "auc_top10": top_k_auc(values[:, j], 10, budget)}
                              for j, c in enumerate(scorer.value_columns)}
+    return out
+
+
+def _warnings(frame: pd.DataFrame, scorer: _Scorer, n_failed: int, n_feasible: int) -> list[str]:
+    """What a run's scores alone would hide: molecules that failed, and no feasible molecule."""
+    out = []
+    if n_failed:
+        first = frame.loc[frame["error"] != "", "error"].iloc[0]
+        out.append(f"{n_failed} of {len(frame)} molecules could not be scored (the objective raised or "
+                   f"returned no number); they are infeasible, and the error column of molecules.csv "
+                   f"says why, e.g. {first}")
+    if len(frame) and n_feasible == 0:
+        rejected = [f"{name} rejected {int((frame[name] == 0).sum())}" for name in scorer.filter_names()]
+        out.append(f"no feasible molecule among the {len(frame)} scored"
+                   + (f" ({', '.join(rejected)})" if rejected else "")
+                   + ": every score is the infeasible score, not a result. A filter no decoded "
+                     "molecule passes (an impossible scaffold, a similarity floor too high for the "
+                     "trust region) cannot be optimized; loosen it.")
     return out
 
 

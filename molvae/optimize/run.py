@@ -35,7 +35,8 @@ from .storage import _Mirror, open_storage
 log = logging.getLogger(__name__)
 
 DEFAULT_SIMILARITY = 0.4
-RUN_FORMAT = 1
+#: 2: molecules.csv has an ``error`` column (molecules the objective could not score).
+RUN_FORMAT = 2
 
 
 def _read_start(start: str | os.PathLike | Sequence[str] | None) -> list[str]:
@@ -95,7 +96,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
              bound: float = DEFAULT_BOUND, trust_radius: float = DEFAULT_TRUST_RADIUS,
              duplicates: str = "penalize", study_name: str | None = None,
              progress: bool = True, adapt: str | AdaptConfig | None = None,
-             adapt_every: int | None = None) -> pd.DataFrame:
+             adapt_every: int | None = None, allow_code: bool = False) -> pd.DataFrame:
     """Search the model's latent space for molecules that maximize ``objective``.
 
     Args:
@@ -115,7 +116,8 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         scaffold: SMARTS every feasible molecule must contain.
         storage: Optuna storage (see :func:`open_storage`); default the journal file
             ``study.journal`` in ``out_dir``.
-        workers: worker processes sharing the study and the molecule log (needs ``out_dir``).
+        workers: worker processes sharing the study and the molecule log (needs ``out_dir``);
+            more than the free CPU cores is warned about (:func:`oversubscription_warning`).
         time_limit, target, patience: stop after this many seconds (this call), once the best
             score reaches ``target``, or after ``patience`` oracle calls without a new best.
         duplicates: what a trial whose molecule was already scored is told: ``"penalize"``
@@ -127,6 +129,17 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         adapt, adapt_every: ``"retrain"`` fine-tunes a copy of the model on the molecules
             scored so far every ``adapt_every`` oracle calls and restarts the search around the
             best of them (:mod:`molvae.optimize.adapt`); ``"none"`` (default) keeps the model.
+        allow_code: let an objective file or dict run the ``module:function`` components it
+            names (see :mod:`molvae.scoring`; a Python callable always runs).
+
+    A molecule on which the objective raises, or returns no number (None, NaN, inf), has
+    failed: it is recorded with its error (``molecules.csv`` column ``error``), infeasible,
+    and never scored again, also not on resume. It counts against the budget: it was an
+    oracle call (PMO counts calls, and a costly docking run spent its time on it), and a
+    stream of failing molecules must not make a run endless. If the first
+    :data:`~molvae.optimize.loop.FAILING_STOP` molecules all fail, the objective itself is
+    broken: the run stops and raises after writing its outputs.
+
 
     Returns:
         The molecules table (columns as ``molecules.csv``; ``pareto`` for several
@@ -138,6 +151,9 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
     budget = _numeric("budget", budget, 1, integer=True)
     batch_size = _numeric("batch_size", batch_size, 1, integer=True)
     workers = _numeric("workers", workers, 1, integer=True)
+    warnings = [w for w in [oversubscription_warning(workers)] if w]
+    for w in warnings:
+        log.warning("warning: %s", w)
     seed = _numeric("seed", seed, 0, integer=True)
     time_limit = _numeric("time_limit", time_limit, 0)
     target = _numeric("target", target)
@@ -147,7 +163,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
 
     if n_components is None:
         n_components = min(DEFAULT_COMPONENTS, model.latent_dim)
-    obj = _resolve_objective(objective)
+    obj = _resolve_objective(objective, allow_code)
     from ..scoring import Component, MultiObjective, Transform
 
     multi = isinstance(obj, MultiObjective)
@@ -274,10 +290,26 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
             "lead": lead_std, "scaffold": scaffold, "resumed_from_calls": previous,
             "model": fp, **(adapter.info() if adapting is not None else {})}
     summary = _summarize(mlog, scorer, stats, wall, budget, reason, info)
+    return _conclude(out, mlog, scorer, summary, warnings)
+
+
+def _conclude(out: Path | None, mlog: MoleculeLog, scorer: _Scorer, summary: dict[str, Any],
+              earlier_warnings: Sequence[str] = ()) -> pd.DataFrame:
+    """Say what the scores hide (at the end, where it is read), write the outputs, and return
+    the table (best first)."""
+    for w in summary["warnings"]:
+        log.warning("warning: %s", w)
+    summary["warnings"] = [*earlier_warnings, *summary["warnings"]]
     table = _table(mlog, scorer)
     if out is not None:
         _write_outputs(out, table, summary, mlog)
     table.attrs["summary"] = summary
+    if summary["stop_reason"] == "objective_failing":
+        first = next((e for e in mlog.frame()["error"] if e), "")
+        raise MolvaeError(f"the objective failed on every one of the first {len(mlog)} molecules "
+                          f"(e.g. {first}); it looks broken rather than meeting odd molecules. Fix it "
+                          f"and start a new run folder: this one records those molecules as failed "
+                          f"and would not score them again")
     return table
 
 
@@ -355,6 +387,33 @@ def _load_history(study, persistent, mlog: MoleculeLog) -> None:
 # ---------------------------------------------------------------------------- worker processes
 
 _WORKER_JOB: dict[str, Any] = {}  # set before forking; the workers inherit it
+
+
+def oversubscription_warning(workers: int, cpus: int | None = None, load: float | None = None) -> str | None:
+    """A warning when ``workers`` exceed the free CPU cores, else None.
+
+    Free cores: the CPUs this process may use (``os.sched_getaffinity``) minus the 1-minute
+    load average, rounded, at least 1. Each worker decodes on its own core; beyond the free
+    ones they queue for the CPU: 2 workers on a busy 2-core machine ran 4.8x slower than one
+    (400 molecules). The number asked for is kept: an objective that waits on another
+    machine (docking on a cluster) uses no local core, and more workers then pay off.
+    """
+    if workers <= 1:
+        return None
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            load = 0.0
+    free = max(1, round(cpus - load))
+    if workers <= free:
+        return None
+    return (f"{workers} workers but {free} free CPU core{'s' if free > 1 else ''} ({cpus} usable, load "
+            f"{load:.1f}): workers beyond the free cores wait for the CPU and make the run slower, "
+            f"not faster (2 workers on a busy 2-core machine: 4.8x slower than 1). Use "
+            f"{free} worker{'s' if free > 1 else ''}, unless the objective waits on another machine")
 
 
 def _worker_main(index: int, queue) -> None:
@@ -455,8 +514,4 @@ def sample_prior_baseline(model, objective, budget: int = 1000, seed: int = 0,
     summary = _summarize(mlog, scorer, stats, wall, budget, reason,
                          {"sampler": "prior", "seed": seed, "batch_size": batch_size, "workers": 1,
                           "search_region": "prior N(0, I)", "resumed_from_calls": previous})
-    table = _table(mlog, scorer)
-    if out is not None:
-        _write_outputs(out, table, summary, mlog)
-    table.attrs["summary"] = summary
-    return table
+    return _conclude(out, mlog, scorer, summary)
