@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,45 @@ class MoleculeLog:
         tmp.write_text("".join(f"{pid}\t{s}\n" for s, pid in claims.items()))
         os.replace(tmp, self._claims_path())
 
+    def claim(self, smiles: list[str], trials: Sequence[int] = ()) -> None:
+        """Claim molecules before scoring them, so that no other worker scores them meanwhile
+        (call under :meth:`lock`, after :meth:`read_claims` showed them free). ``trials``, the
+        batch's trial numbers, matter to the database ledger only."""
+        if not self.shared or self.path is None or not smiles:
+            return
+        claims = self.read_claims()
+        claims.update(dict.fromkeys(smiles, os.getpid()))
+        self.write_claims(claims)
+
+    def release(self) -> None:
+        """Drop this process's claims (call under :meth:`lock`)."""
+        if self.shared and self.path is not None:
+            self.write_claims({s: p for s, p in self.read_claims().items() if p != os.getpid()})
+
+    # -------------------------------------------------------------- several processes
+
+    #: Whether processes on other machines may share this ledger (:class:`DbMoleculeLog`).
+    distributed = False
+
+    def worker_number(self, index: int) -> int:
+        """The number this process writes in the ``worker`` column (and its CMA-ES stream):
+        its index among the workers of one run (the database ledger numbers all its workers)."""
+        return index
+
+    def orphans(self, trials: list) -> list:
+        """Of the study's RUNNING ``trials``, those no live worker will finish: all of them,
+        since a file ledger's workers are children of one run, which starts none while its
+        previous workers run."""
+        return list(trials)
+
+    def share_space(self, space):
+        """The search region all workers use: this one (a file ledger's workers fork from one
+        run, which fitted it)."""
+        return space
+
+    def close(self) -> None:
+        """Let go of the ledger (the database ledger frees this worker's claims at once)."""
+
     # -------------------------------------------------------------- queries
 
     def __len__(self) -> int:
@@ -222,6 +262,29 @@ class MoleculeLog:
             return default
         j = self._col[column]
         return int(max(r[j] for r in self.rows))
+
+
+def database_url(storage: Any) -> str | None:
+    """The database URL of an RDB ``storage`` (a URL string or an Optuna ``RDBStorage``), or
+    ``None`` for a journal file, memory or no storage: where the ledger can live beside the
+    study."""
+    url = storage if isinstance(storage, str) else getattr(storage, "url", None)
+    if not isinstance(url, str) or "://" not in url or url.startswith("journal:"):
+        return None
+    return url
+
+
+def open_ledger(path: Path | None, columns: list[str], value_columns: list[str], shared: bool = False,
+                storage: Any = None, study: str | None = None,
+                settings: dict[str, Any] | None = None) -> MoleculeLog:
+    """The ledger of a run: in the database of an RDB ``storage`` (shared by workers on any
+    machines, :class:`DbMoleculeLog`), else the file ``path`` (:class:`MoleculeLog`)."""
+    url = database_url(storage)
+    if url is None:
+        return MoleculeLog(path, columns, value_columns, shared=shared)
+    from .ledger_db import DbMoleculeLog
+
+    return DbMoleculeLog(url, study or "molvae", path, columns, value_columns, settings=settings)
 
 
 def _csv_field(text: str) -> str:

@@ -9,7 +9,6 @@ baseline. :func:`_search` runs the loop of one worker against the shared ledger.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -225,6 +224,11 @@ def _search(model, proposer, scorer: _Scorer, mlog: MoleculeLog, settings: _Sett
             stopper.update(mlog.scores)
             reason = stopper.reason(len(mlog) + n_claimed, stalled,
                                     all_failed=FAILING_STOP <= mlog.n_failed == len(mlog))
+            if reason == "budget" and len(mlog) < settings.budget and stopper.reason(len(mlog), stalled) is None:
+                # The rest of the budget is claimed by other workers: wait until they record it
+                # (or their lease runs out, if they died), so this run ends with the whole ledger.
+                time.sleep(0.5)
+                continue
             if reason is not None:
                 break
             trials, numbers, z = proposer.propose(settings.batch_size, stats)
@@ -249,9 +253,8 @@ def _search(model, proposer, scorer: _Scorer, mlog: MoleculeLog, settings: _Sett
                     else:
                         new[s] = i
                         kinds.append("new")
-                if new and mlog.shared:
-                    claims.update(dict.fromkeys(new, os.getpid()))
-                    mlog.write_claims(claims)
+                if mlog.shared:
+                    mlog.claim(list(new), numbers)
             stats.time["io"] += time.perf_counter() - t
 
             t = time.perf_counter()
@@ -267,7 +270,7 @@ def _search(model, proposer, scorer: _Scorer, mlog: MoleculeLog, settings: _Sett
                                         "worker": worker,
                                         "seconds": round(time_offset + time.perf_counter() - started, 3)})
                     if mlog.shared:
-                        mlog.write_claims({s: p for s, p in mlog.read_claims().items() if p != os.getpid()})
+                        mlog.release()
             stats.time["io"] += time.perf_counter() - t
 
             values: list[list[float] | None] = []

@@ -23,7 +23,7 @@ import pandas as pd
 from .. import chem
 from ..errors import MolvaeError
 from .adapt import AdaptConfig, Adapter, adapt_config, search_with_adaptation
-from .ledger import MOLECULES_FILE, MoleculeLog
+from .ledger import MOLECULES_FILE, MoleculeLog, open_ledger
 from .loop import (DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, _decode, _OptunaProposer,
                    _PriorProposer, _search, _Settings, _Stats, make_sampler)
 from .objective import _log_columns, _resolve_objective, _Scorer, _with_filters
@@ -140,7 +140,6 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
     :data:`~molvae.optimize.loop.FAILING_STOP` molecules all fail, the objective itself is
     broken: the run stops and raises after writing its outputs.
 
-
     Returns:
         The molecules table (columns as ``molecules.csv``; ``pareto`` for several
         objectives), best first; ``table.attrs["summary"]`` holds the summary.
@@ -225,15 +224,19 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
             space.save(space_file)
 
     columns = _log_columns(scorer)
-    mlog = MoleculeLog(out / MOLECULES_FILE if out else None, columns, scorer.value_columns,
-                       shared=workers > 1)
+    persistent = open_storage(storage, out)
+    name = study_name or (out.name if out is not None else "molvae")
+    # An RDB storage holds the ledger too, shared by workers on any machines (ledger_db.py);
+    # they must agree on what the study's coordinates and molecules mean.
+    shared = {k: v for k, v in run_settings.items() if k not in ("seed", "sampler")}
+    mlog = open_ledger(out / MOLECULES_FILE if out else None, columns, scorer.value_columns,
+                       shared=workers > 1, storage=persistent, study=name, settings=shared)
+    space = mlog.share_space(space)
     previous = len(mlog)
     if resumed:
         log.info("resuming %s: %d molecules already scored", out, previous)
 
     # ---- the study
-    persistent = open_storage(storage, out)
-    name = study_name or (out.name if out is not None else "molvae")
     started = time.perf_counter()
     time_offset = mlog.last_seconds()
     if duplicates not in ("penalize", "cached"):
@@ -248,7 +251,24 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
                                            directions=scorer.directions)
         _repair_running(shared_study, space, model, mlog, scorer)
         n_trials_before = len(shared_study.get_trials(deepcopy=False))
-    if workers == 1:
+    if workers == 1 and mlog.distributed:
+        # Processes on other machines ask and tell this study too: work on it directly, as
+        # one of its workers, with a CMA-ES stream of its own.
+        if adapting is not None:
+            raise MolvaeError("adapt: model adaptation runs in a single process, not among workers "
+                              "sharing a database storage; use the default storage (a journal file)")
+        for c in enqueue:
+            shared_study.enqueue_trial(dict(zip(space.names, map(float, c))), skip_if_exists=True)
+        index = mlog.worker_number(0)
+        study = optuna.load_study(study_name=name, storage=persistent, sampler=make_sampler(
+            sampler, _resume_seed(seed + 7919 * index, n_trials_before), batch_size, multi,
+            space.distributions(), stream=index))
+        try:
+            stats, reason = _search(model, _OptunaProposer(study, space), scorer, mlog, settings, index,
+                                    time_offset, started)
+        finally:
+            mlog.close()
+    elif workers == 1:
         eff_seed = _resume_seed(seed, n_trials_before)
         study = optuna.create_study(sampler=make_sampler(sampler, eff_seed, batch_size, multi,
                                                               space.distributions()),
@@ -341,22 +361,29 @@ def _repair_running(study, space: SearchSpace, model, mlog: MoleculeLog, scorer:
     molecule was scored before the kill, else failed. Never scores anything."""
     from optuna.trial import TrialState
 
-    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if all(n in t.params for n in space.names)]
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if not all(n in t.params for n in space.names)]
+    mine = mlog.orphans(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    running = [t for t in mine if all(n in t.params for n in space.names)]
+    stale = [t for t in mine if not all(n in t.params for n in space.names)]
+
+    def tell(number, *args, **kwargs):
+        try:
+            study.tell(number, *args, **kwargs)
+        except ValueError as exc:  # finished meanwhile by another worker starting up with us
+            if "Cannot tell a" not in str(exc):
+                raise
+
     if running:
         smiles = _decode(model, space.to_latent(space.params_to_coords([t.params for t in running])))
         for t, s in zip(running, smiles):
             if s is None:
-                study.tell(t.number, scorer.infeasible if scorer.multi else scorer.infeasible[0])
+                tell(t.number, scorer.infeasible if scorer.multi else scorer.infeasible[0])
             elif s in mlog.index:
                 v = mlog.values(s)
-                study.tell(t.number, v if scorer.multi else v[0])
+                tell(t.number, v if scorer.multi else v[0])
             else:
-                study.tell(t.number, state=TrialState.FAIL)
+                tell(t.number, state=TrialState.FAIL)
     for t in stale:
-        study.tell(t.number, state=TrialState.FAIL)
+        tell(t.number, state=TrialState.FAIL)
     if running or stale:
         log.info("finished %d trial(s) left running by an interrupted run", len(running) + len(stale))
 
@@ -425,17 +452,22 @@ def _worker_main(index: int, queue) -> None:
     torch.set_num_threads(max(1, chem.default_workers() // job["workers"]))
     try:
         storage = open_storage(job["storage"], job["out"])
-        seed = _resume_seed(job["seed"] + 7919 * index, job["n_trials_before"])
+        mlog = open_ledger(job["out"] / MOLECULES_FILE, job["columns"], job["value_columns"], shared=True,
+                           storage=storage, study=job["name"])
+        stream = mlog.worker_number(index)
+        seed = _resume_seed(job["seed"] + 7919 * stream, job["n_trials_before"])
         study = optuna.load_study(study_name=job["name"], storage=storage,
                                   sampler=make_sampler(job["sampler"], seed, job["settings"].batch_size,
                                                        job["multi"], job["space"].distributions(),
-                                                       stream=index))
-        mlog = MoleculeLog(job["out"] / MOLECULES_FILE, job["columns"], job["value_columns"], shared=True)
+                                                       stream=stream))
         settings = job["settings"]
         settings = _Settings(settings.budget, settings.batch_size, settings.time_limit, settings.target,
                              settings.patience, settings.show_progress and index == 0, settings.duplicates)
-        stats, reason = _search(job["model"], _OptunaProposer(study, job["space"]), job["scorer"], mlog,
-                                settings, index, job["time_offset"], job["started"])
+        try:
+            stats, reason = _search(job["model"], _OptunaProposer(study, job["space"]), job["scorer"], mlog,
+                                    settings, stream, job["time_offset"], job["started"])
+        finally:
+            mlog.close()
         queue.put((index, stats, reason, None))
     except BaseException as exc:  # report, so the parent can raise it
         queue.put((index, None, None, f"{type(exc).__name__}: {exc}"))

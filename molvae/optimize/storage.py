@@ -45,17 +45,29 @@ def open_storage(spec: Any, out_dir: Path | None):
     if "://" not in spec:
         raise MolvaeError(f"storage {spec!r}: give an RDB URL (sqlite:///study.db, postgresql://...), "
                           "journal:PATH, or memory")
-    try:
-        if spec.startswith("sqlite"):
-            # Several worker processes may write at once: wait for the lock instead of failing.
-            storage = optuna.storages.RDBStorage(spec, engine_kwargs={"connect_args": {"timeout": 120}})
-            _sqlite_wal(storage)
-            return storage
-        return optuna.storages.RDBStorage(spec)
-    except (ImportError, ValueError) as exc:
-        raise MolvaeError(f"storage {spec!r}: cannot open ({exc})") from None
-    except Exception as exc:  # SQLAlchemy's OperationalError etc.: a path or server problem
-        raise MolvaeError(f"storage {spec!r}: cannot open ({type(exc).__name__}: {exc})") from None
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            if spec.startswith("sqlite"):
+                # Several worker processes may write at once: wait for the lock instead of failing.
+                storage = optuna.storages.RDBStorage(spec, engine_kwargs={"connect_args": {"timeout": 120}})
+                _sqlite_wal(storage)
+                return storage
+            return optuna.storages.RDBStorage(spec)
+        except (IntegrityError, ProgrammingError) as exc:
+            # Workers starting together on a new database all create Optuna's tables; the
+            # losers of that race meet a duplicate, and find the tables there when they retry.
+            if attempt == 4:
+                raise MolvaeError(f"storage {spec!r}: cannot open ({type(exc).__name__}: {exc})") from None
+            time.sleep(0.2 * (attempt + 1))
+        except ImportError as exc:
+            hint = " (pip install 'molvae[postgres]')" if spec.startswith("postgres") else ""
+            raise MolvaeError(f"storage {spec!r}: cannot open ({exc}){hint}") from None
+        except ValueError as exc:
+            raise MolvaeError(f"storage {spec!r}: cannot open ({exc})") from None
+        except Exception as exc:  # SQLAlchemy's OperationalError etc.: a path or server problem
+            raise MolvaeError(f"storage {spec!r}: cannot open ({type(exc).__name__}: {exc})") from None
 
 
 def _journal_lock(path: str):
