@@ -34,8 +34,10 @@ import heapq
 import html
 import io
 import json
+import logging
 import math
 import os
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +48,9 @@ import pandas as pd
 
 from . import chem
 from .errors import MolvaeError
+from .progress import progress as _progress_bar
+
+log = logging.getLogger("molvae.report")
 
 #: Published MOSES distribution-learning figures (30,000 samples vs the MOSES test set), from
 #: DESIGN.md; shown beside the run's own metrics for comparison.
@@ -70,7 +75,10 @@ RUN_FILES = {
     "training_smiles": ("data/prepared.csv", "train/prepared.csv"),
     "optimization": ("optimize/molecules.csv",),
     "optimization_summary": ("optimize/summary.json",),
+    "prior": ("optimize/prior/molecules.csv",),
+    "prior_summary": ("optimize/prior/summary.json",),
     "latent": ("latent.npz",),
+    "training_properties": ("report/training_properties.csv",),
 }
 
 _LABELS = {"qed": "QED", "logp": "logP", "sa": "SA score", "mw": "MW (Da)",
@@ -81,7 +89,12 @@ _CAPTION_FORMAT = {"qed": "{:.2f}", "logp": "{:.2f}", "sa": "{:.2f}", "mw": "{:.
                    "tpsa": "{:.0f}"}
 _PROVENANCE_ORDER = ("molvae", "torch", "rdkit", "cuda", "cudnn", "device", "gpu", "python",
                      "platform", "host", "date", "started", "finished", "git", "command")
-_MAX_PROPERTY_MOLECULES = 5000  # properties of more molecules add seconds, not information
+# The histograms' bins follow the smaller set (<= ~1,000 samples), so 2,000 training molecules
+# draw the same shape as 5,000 did, for 6 s less CPU (QED costs ~4 ms a molecule).
+_MAX_PROPERTY_MOLECULES = 2000
+#: Best-molecule cards: at most one per cluster of close analogs (Tanimoto distance < 0.4 on
+#: Morgan radius-2 bits, i.e. similarity >= 0.6, a common "same series" cut-off).
+CLUSTER_DISTANCE = 0.4
 _GEN_COLOUR, _TRAIN_COLOUR, _FRONT_COLOUR = "#d95f02", "#7570b3", "#d62728"
 
 
@@ -132,10 +145,25 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-def _kv_table(rows: Sequence[tuple[str, Any]], caption: str | None = None) -> str:
+def _kv_table(rows: Sequence[tuple[str, Any]], caption: str | None = None, fmt=None) -> str:
+    fmt = fmt or (lambda k, v: _fmt(v))
     cap = f"<caption>{_esc(caption)}</caption>" if caption else ""
-    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_fmt(v))}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(fmt(k, v))}</td></tr>" for k, v in rows)
     return f'<table class="kv">{cap}<tbody>{body}</tbody></table>'
+
+
+# What a setting left empty means, so that the settings table says it rather than showing a dash.
+_UNSET = {"smiles_column": "auto (smiles or SMILES)", "max_train_molecules": "all", "time_limit": "no limit",
+          "lead": "none", "scaffold": "none", "start": "none (random start)",
+          "min_similarity": "none (no lead)", "objectives": "none (one objective)",
+          "objective": "none (several objectives)", "output_init_scale": "PyTorch default",
+          "cuda": "none (CPU build)", "gpu": "none", "model": "the shipped default"}
+
+
+def _setting(key: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return _UNSET.get(key.rsplit(".", 1)[-1], "none")
+    return _fmt(value)
 
 
 def _frame_table(frame: pd.DataFrame, smiles_columns: Sequence[str] = ("smiles",)) -> str:
@@ -172,6 +200,17 @@ def _figure(n_panels: int = 1, ncols: int | None = None, panel: tuple[float, flo
         ax.grid(True, alpha=0.25, linewidth=0.6)
         ax.spines[["top", "right"]].set_visible(False)
     return fig, list(axes[:n_panels])
+
+
+def _outside_legend(fig, ax, **kwargs) -> None:
+    """One legend for the figure, above its panels (constrained layout makes room), so that
+    it never covers data, wherever the data lie."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        # As many columns as the figure's width holds (~2 inches an entry), so none is cut off.
+        ncols = max(1, min(len(handles), int(fig.get_figwidth() // 2.0)))
+        fig.legend(handles, labels, loc="outside upper center", ncols=ncols, fontsize=8,
+                   frameon=False, **kwargs)
 
 
 def _png(fig) -> str:
@@ -215,6 +254,83 @@ def _property_line(props: Mapping[str, float]) -> str:
     parts = [f"{_SHORT.get(k, k)} {_esc(_CAPTION_FORMAT[k].format(v) if k in _CAPTION_FORMAT else _fmt(v))}"
              for k, v in props.items() if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return " · ".join(parts)
+
+
+def structural_alerts(smiles: str) -> list[tuple[str, str]]:
+    """``(catalog, alert)`` pairs — catalog ``PAINS`` or ``Brenk`` — that ``smiles`` matches,
+    from the same RDKit FilterCatalog as :func:`molvae.chem.structural_alerts`."""
+    mol = chem.to_mol(smiles)
+    if mol is None:
+        return []
+    out = []
+    for entry in chem._alert_catalog().GetMatches(mol):
+        kind = entry.GetProp("FilterSet") if "FilterSet" in entry.GetPropList() else "alert"
+        out.append(("PAINS" if kind.startswith("PAINS") else kind, entry.GetDescription()))
+    return out
+
+
+def _alert_line(alerts: list[tuple[str, str]]) -> str:
+    if not alerts:
+        return '<span class="ok">no PAINS or Brenk alert</span>'
+    tags = "".join(f'<span class="alert {_esc(kind.lower())}">⚠ {_esc(kind)}: {_esc(name)}</span>'
+                   for kind, name in alerts)
+    return f'<span class="alerts">{tags}</span>'
+
+
+def pick_diverse(smiles: Sequence[str], n: int, distance: float = CLUSTER_DISTANCE) -> tuple[list[int], list[int]]:
+    """Up to ``n`` molecules, best first, no two within ``distance`` of each other.
+
+    ``smiles`` must be ordered best first. Walking down the list, a molecule within Tanimoto
+    ``distance`` (Morgan radius 2, 2048 bits) of one already picked joins that molecule's
+    cluster; any other starts a new cluster and is picked. So each pick is the best molecule of
+    its cluster (leader clustering in score order, a Butina-like sphere exclusion that cannot
+    drop the best molecule). Returns the picked indices and, for each, its number of analogs.
+    """
+    from rdkit import DataStructs
+
+    picked: list[int] = []
+    fps: list[Any] = []
+    analogs: list[int] = []
+    for i, smi in enumerate(smiles):
+        fp = chem.morgan_fp(smi) if isinstance(smi, str) else None
+        if fp is None:
+            continue
+        if fps:
+            sims = np.asarray(DataStructs.BulkTanimotoSimilarity(fp, fps))
+            j = int(sims.argmax())
+            if 1.0 - sims[j] < distance:
+                analogs[j] += 1
+                continue
+        if len(picked) < n:
+            picked.append(i)
+            fps.append(fp)
+            analogs.append(0)
+    return picked, analogs
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def _number(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _tiles(figures: Sequence[tuple[str, str, str]]) -> str:
+    """Key figures as labelled tiles: (label, value, note)."""
+    cells = "".join(f'<div class="tile"><div class="label">{_esc(label)}</div><div class="value">{_esc(value)}</div>'
+                    + (f'<div class="note">{_esc(note)}</div>' if note else "") + "</div>"
+                    for label, value, note in figures)
+    return f'<div class="tiles">{cells}</div>'
 
 
 # ---------------------------------------------------------------------------- helpers on tables
@@ -318,13 +434,20 @@ def _subsample(items: Sequence[str], n: int, seed: int = 0) -> list[str]:
 
 
 def _section_settings(settings: Mapping[str, Any], provenance: Mapping[str, Any]) -> str:
+    """Provenance, then the run's top-level settings, then one table per stage ([optimize] ...)."""
     parts = []
     if provenance:
         keys = sorted(provenance, key=lambda k: (_PROVENANCE_ORDER.index(k) if k in _PROVENANCE_ORDER
                                                  else len(_PROVENANCE_ORDER), str(k)))
-        parts.append(_kv_table(_flatten({k: provenance[k] for k in keys}), "Provenance"))
-    if settings:
-        parts.append(_kv_table(_flatten(settings), "Settings"))
+        parts.append(_kv_table(_flatten({k: provenance[k] for k in keys}), "Provenance", _setting))
+    top = {k: v for k, v in settings.items() if not isinstance(v, Mapping)}
+    if top.get("device") == "auto" and provenance.get("device"):
+        top["device"] = f"auto ({provenance['device']})"
+    if top:
+        parts.append(_kv_table(list(top.items()), "Settings", _setting))
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            parts.append(_kv_table(_flatten(value), f"[{key}]", _setting))
     return f'<div class="columns">{"".join(parts)}</div>' if parts else ""
 
 
@@ -334,23 +457,34 @@ def _section_best(table: pd.DataFrame, top_n: int, objective_cols: list[str], pa
         return ""
     feasible = _bool_column(t["feasible"]) if "feasible" in t.columns else np.ones(len(t), bool)
     valid = t["smiles"].map(lambda s: chem.to_mol(s) is not None if isinstance(s, str) else False).to_numpy()
+    analogs = None
     if pareto is not None:
         # Multi-objective: the best molecules are the front, ordered by the first objective.
         keep = t[pareto[: len(t)] & valid] if len(pareto) == len(t) else t.iloc[0:0]
         keep = keep.sort_values(objective_cols[0], ascending=False)
         note = (f"The {len(keep)} molecules on the Pareto front, ordered by {_esc(objective_cols[0])}"
                 + (f"; the first {top_n} shown." if len(keep) > top_n else "."))
+        keep = keep.head(top_n)
     elif "score" in t.columns:
-        keep = t[valid & feasible].sort_values("score", ascending=False, kind="stable")
-        note = f"The {min(top_n, len(keep))} highest-scoring feasible molecules of {len(t)} scored."
+        ranked = t[valid & feasible].sort_values("score", ascending=False, kind="stable")
+        # Ten near-copies of one molecule tell a chemist less than ten series: one card per
+        # cluster of close analogs, the best of each (candidates capped to bound the cost).
+        ranked = ranked.head(max(50 * top_n, 2000))
+        picks, counts = pick_diverse(ranked["smiles"].tolist(), top_n)
+        keep, analogs = ranked.iloc[picks], counts
+        note = (f"The best feasible molecule of each of the {len(keep)} best clusters of close analogs "
+                f"(Tanimoto similarity ≥ {1 - CLUSTER_DISTANCE:.1f}, Morgan radius 2) among {len(t)} molecules "
+                "scored; each card says how many analogs it stands for. Structural alerts (RDKit's PAINS "
+                "and Brenk catalogs) are flagged on each card.")
     else:
         return ""
-    keep = keep.head(top_n)
     if keep.empty:
         return ""
     props = _properties_of(keep["smiles"].tolist())
+    # Raw component values a card does not already show; alert counts are shown by name below.
     raw_cols = [c for c in keep.columns if c.endswith("_raw")
-                and c[: -len("_raw")] not in chem.MAIN_PROPERTIES]
+                and c[: -len("_raw")] not in (*chem.MAIN_PROPERTIES, "alerts", "pains", "brenk", "nih", "zinc")]
+    alerts = [structural_alerts(smi) for smi in keep["smiles"]]
     items = []
     for rank, (row, (_, p)) in enumerate(zip(keep.to_dict("records"), props.iterrows()), 1):
         if pareto is not None:
@@ -361,8 +495,15 @@ def _section_best(table: pd.DataFrame, top_n: int, objective_cols: list[str], pa
         extra = {c[: -len("_raw")]: row[c] for c in raw_cols}
         if extra:
             lines.append(_property_line(extra))
+        lines.append(_alert_line(alerts[rank - 1]))
+        tail = []
+        if analogs is not None:
+            k = analogs[rank - 1]
+            tail.append(f"{k} close analog{'s' if k != 1 else ''} scored" if k else "no close analog scored")
         if "oracle_call" in row:
-            lines.append(f'<span class="muted">oracle call {_esc(_fmt(row["oracle_call"]))}</span>')
+            tail.append(f"oracle call {_esc(_fmt(row['oracle_call']))}")
+        if tail:
+            lines.append(f'<span class="muted">{" · ".join(tail)}</span>')
         items.append((row["smiles"], lines))
     grid = _molecule_grid(items)
     if not grid:
@@ -371,29 +512,79 @@ def _section_best(table: pd.DataFrame, top_n: int, objective_cols: list[str], pa
     shown += [c for c in ("oracle_call", "trial") if c in keep.columns]
     listing = keep[shown].reset_index(drop=True)
     listing.insert(0, "rank", range(1, len(listing) + 1))
+    if analogs is not None:
+        listing["analogs"] = analogs[: len(listing)]
+    listing["alerts"] = ["; ".join(f"{k}: {n}" for k, n in a) or "none" for a in alerts]
     table_html = pd.concat([listing, props.rename(columns=_SHORT)], axis=1)
     return f'<p>{note}</p>{grid}<details><summary>As a table</summary>{_frame_table(table_html)}</details>'
 
 
+def _key_figures(t: pd.DataFrame, summary: Mapping[str, Any] | None, objective_cols: list[str]) -> str:
+    """The summary a chemist reads first, as labelled figures with units."""
+    summary = summary or {}
+    figures: list[tuple[str, str, str]] = []
+    if "score" in t.columns and len(t):
+        best, top10 = running_curves(pd.to_numeric(t["score"], errors="coerce"))
+        figures += [("Best score", _fmt(best[-1]), ""), ("Top-10 mean", _fmt(top10[-1]), "")]
+    elif summary.get("top1") is not None:
+        figures.append(("Best score", _fmt(summary["top1"]), ""))
+    for c in objective_cols:
+        v = pd.to_numeric(t[c], errors="coerce").max() if c in t.columns else None
+        figures.append((f"Best {c.removesuffix('_score')}", _fmt(v), ""))
+    if objective_cols and "pareto_size" in summary:
+        figures.append(("Pareto front", _fmt(summary["pareto_size"]), "non-dominated molecules"))
+    n = len(t) if len(t) else summary.get("oracle_calls")
+    if n is not None:
+        budget = _number(summary.get("budget"))
+        figures.append(("Molecules scored", f"{int(n):,}", f"of a budget of {int(budget):,}" if budget else
+                        "unique molecules"))
+    if "feasible" in t.columns and len(t):
+        figures.append(("Feasible", f"{100 * _bool_column(t['feasible']).mean():.0f}%", "pass every hard filter"))
+    valid = _number(summary.get("valid_fraction"))
+    if valid is not None:
+        figures.append(("Valid decodes", f"{100 * valid:.0f}%", "of latent points decoded"))
+    walls = [w for w in (_number(summary.get("wall_s")), _number(summary.get("wall_s_total"))) if w]
+    wall = max(walls) if walls else None
+    if wall:
+        reason = summary.get("stop_reason")
+        figures.append(("Wall time", _duration(wall), f"stopped: {reason}" if reason else ""))
+    time_split = summary.get("time") if isinstance(summary.get("time"), Mapping) else {}
+    score_s = _number(time_split.get("score_s"))
+    if score_s is not None:
+        share = f" ({100 * score_s / wall:.0f}% of wall time)" if wall else ""
+        figures.append(("Time spent scoring", _duration(score_s) + share, "the objective's own cost"))
+    if summary.get("sampler"):
+        batch = summary.get("batch_size")
+        figures.append(("Sampler", str(summary["sampler"]), f"batches of {batch}" if batch else ""))
+    return _tiles(figures) if figures else ""
+
+
 def _section_progress(table: pd.DataFrame, summary: Mapping[str, Any] | None,
-                      objective_cols: list[str]) -> str:
+                      objective_cols: list[str], prior: pd.DataFrame | None = None) -> str:
     t = _in_call_order(table)
-    parts = []
+    parts = [_key_figures(t, summary, objective_cols)]
     if not t.empty:
         calls = (pd.to_numeric(t["oracle_call"]).to_numpy() if "oracle_call" in t.columns
                  else np.arange(1, len(t) + 1))
         series = {"score": t["score"]} if "score" in t.columns else {c: t[c] for c in objective_cols}
+        p = _in_call_order(prior) if prior is not None and "score" in prior.columns and "score" in series else None
         if series:
-            fig, axes = _figure(len(series), ncols=min(2, len(series)), panel=(5.6, 3.4))
+            panel = (8.0, 3.6) if len(series) == 1 else (5.6, 3.4)
+            fig, axes = _figure(len(series), ncols=min(2, len(series)), panel=panel)
             for ax, (name, s) in zip(axes, series.items()):
+                ax.scatter(calls, pd.to_numeric(s, errors="coerce"), s=5, color="0.6", alpha=0.5,
+                           label="each molecule", rasterized=True)
                 best, top10 = running_curves(pd.to_numeric(s, errors="coerce"))
                 ax.plot(calls, best, color="#1b9e77", lw=1.8, label="best so far")
                 ax.plot(calls, top10, color="#7570b3", lw=1.8, label="top-10 mean")
-                ax.scatter(calls, pd.to_numeric(s, errors="coerce"), s=5, color="0.6", alpha=0.5,
-                           label="each molecule", rasterized=True)
+                if p is not None and len(p):
+                    pb, pt = running_curves(pd.to_numeric(p["score"], errors="coerce"))
+                    x = np.arange(1, len(p) + 1)
+                    ax.plot(x, pb, color="#1b9e77", lw=1.2, ls="--", label="prior samples: best")
+                    ax.plot(x, pt, color="#7570b3", lw=1.2, ls="--", label="prior samples: top-10 mean")
                 ax.set_xlabel("oracle calls (unique molecules scored)")
                 ax.set_ylabel(name)
-                ax.legend(loc="lower right", fontsize=8, frameon=False)
+            _outside_legend(fig, axes[0])
             parts.append(_img(_png(fig), "optimization curves"))
             finals = []
             for name, s in series.items():
@@ -401,8 +592,53 @@ def _section_progress(table: pd.DataFrame, summary: Mapping[str, Any] | None,
                 finals.append(f"{_esc(name)}: best {_esc(_fmt(best[-1]))}, top-10 mean {_esc(_fmt(top10[-1]))}")
             parts.append(f"<p>After {len(t)} unique molecules — {'; '.join(finals)}.</p>")
     if summary:
-        parts.append(_kv_table(_flatten(summary), "Run summary"))
+        parts.append(f"<details><summary>Every field of summary.json</summary>"
+                     f"{_kv_table(_flatten(summary), 'Run summary')}</details>")
     return "".join(parts)
+
+
+def _section_prior(opt: pd.DataFrame, prior: pd.DataFrame, summary: Mapping[str, Any] | None,
+                   prior_summary: Mapping[str, Any] | None) -> str:
+    """Optimized molecules beside as many molecules decoded from prior samples z ~ N(0, I),
+    scored with the same objective: what the search added over sampling the model."""
+    t, p = _in_call_order(opt), _in_call_order(prior)
+    if "score" not in t.columns or "score" not in p.columns or t.empty or p.empty:
+        return ""
+    summary, prior_summary = summary or {}, prior_summary or {}
+
+    def figures(frame: pd.DataFrame, summ: Mapping[str, Any]) -> dict[str, float | None]:
+        s = pd.to_numeric(frame["score"], errors="coerce").fillna(0.0).to_numpy()
+        ranked = np.sort(s)[::-1]
+        out = {"Best score": ranked[0], "Top-10 mean": ranked[:10].mean(), "Top-100 mean": ranked[:100].mean(),
+               "Molecules scored": float(len(frame))}
+        if "feasible" in frame.columns:
+            out["Feasible"] = _bool_column(frame["feasible"]).mean()
+        out["Valid decodes"] = _number(summ.get("valid_fraction"))
+        out["AUC top-10"] = _number(summ.get("auc_top10"))
+        out["Wall time"] = _number(summ.get("wall_s"))
+        return out
+
+    a, b = figures(t, summary), figures(p, prior_summary)
+    rows = []
+    for name in a:
+        x, y = a[name], b.get(name)
+        if x is None and y is None:
+            continue
+        pct = name in ("Feasible", "Valid decodes")
+        show = (lambda v: "n/a" if v is None else f"{100 * v:.0f}%" if pct else
+                f"{int(v):,}" if name == "Molecules scored" else _duration(v) if name == "Wall time" else _fmt(v))
+        diff = ("" if x is None or y is None or name in ("Molecules scored", "Wall time") else
+                f"{100 * (x - y):+.0f} points" if pct else f"{x - y:+.3f}")
+        rows.append(f"<tr><th>{_esc(name)}</th><td class='num run'>{_esc(show(x))}</td>"
+                    f"<td class='num'>{_esc(show(y))}</td><td class='num'>{_esc(diff)}</td></tr>")
+    head = "<tr><th></th><th>optimized</th><th>prior samples</th><th>optimized − prior</th></tr>"
+    gain = a["Best score"] - b["Best score"]
+    verdict = (f"The search found a best score of {_fmt(a['Best score'])} against {_fmt(b['Best score'])} "
+               f"from {len(p):,} molecules decoded from prior samples z ~ N(0, I) and scored with the same "
+               f"objective ({gain:+.3f}); top-10 mean {_fmt(a['Top-10 mean'])} against {_fmt(b['Top-10 mean'])}.")
+    return (f"<p>{_esc(verdict)}</p><table class='data'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+            "<p class='muted'>Prior sampling is the baseline any latent-space search has to beat; the "
+            "dashed curves under “Optimization progress” show it call by call.</p>")
 
 
 def _section_pareto(table: pd.DataFrame, objective_cols: list[str], front: np.ndarray) -> str:
@@ -425,7 +661,7 @@ def _section_pareto(table: pd.DataFrame, objective_cols: list[str], front: np.nd
             ax.step(pts[:, i], pts[:, j], where="pre", color=_FRONT_COLOUR, lw=1, alpha=0.7, zorder=2)
         ax.set_xlabel(objective_cols[i])
         ax.set_ylabel(objective_cols[j])
-        ax.legend(fontsize=8, frameon=False)
+    _outside_legend(fig, axes[0])
     note = (f"{int(front.sum())} of {len(t)} molecules are non-dominated "
             f"(every objective maximized: {', '.join(_esc(c) for c in objective_cols)}).")
     if len(objective_cols) > 2:
@@ -455,7 +691,7 @@ def _section_generated(samples: pd.DataFrame, top_n: int) -> str:
     props = shown[list(chem.MAIN_PROPERTIES)] if have_props else _properties_of(shown["smiles"].tolist())
     items = []
     for k, (smi, (_, p)) in enumerate(zip(shown["smiles"], props.iterrows())):
-        lines = [_property_line(p.to_dict())]
+        lines = [_property_line(p.to_dict()), _alert_line(structural_alerts(smi))]
         if novel_flags is not None:
             lines.append('<span class="tag">novel</span>' if novel_flags[k] else
                          '<span class="muted">in training set</span>')
@@ -489,10 +725,10 @@ def _section_properties(generated: pd.DataFrame | None, training: pd.DataFrame |
         for k, v in data.items():
             ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.35, color=colours[k])
             ax.hist(v, bins=bins, density=True, histtype="step", lw=1.4, color=colours[k],
-                    label=f"{k} (n={len(v)})")
+                    label=f"{k} (n={len(frames[k])})")
         ax.set_xlabel(_label(name))
         ax.set_ylabel("density")
-        ax.legend(fontsize=8, frameon=False)
+    _outside_legend(fig, max(axes, key=lambda a: len(a.get_legend_handles_labels()[0])))
     rows = []
     for k, f in frames.items():
         row = {"set": k, "molecules": len(f)}
@@ -542,7 +778,7 @@ def _section_latent(latent: Mapping[str, Any]) -> str:
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     if len(order) > 1 or labels[0] != "molecules":
-        ax.legend(fontsize=8, frameon=False, markerscale=1.5)
+        _outside_legend(fig, ax, markerscale=1.5)
     return (f"<p>Posterior means of {n} encoded molecules projected on the first two principal "
             f"components, coloured by {_esc(_label(prop))}.</p>{_img(_png(fig), 'latent space map')}")
 
@@ -589,8 +825,8 @@ def _section_training(metrics: pd.DataFrame) -> str:
             ax.plot(x, m[col], marker="o", ms=3, lw=1.5, label=lab)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
-        if len(lines) > 1:
-            ax.legend(fontsize=8, frameon=False)
+        if len(lines) > 1:  # beside the panel: the curves fill their panels
+            ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     # Column by column, so integer columns (epoch, active units) stay integers.
     last = [(str(c), metrics[c].iloc[-1]) for c in metrics.columns]
     return _img(_png(fig), "training curves") + _kv_table(last, "Last epoch")
@@ -634,6 +870,15 @@ td.run { font-weight:600; background:#f0f4f8; }
 .columns { display:flex; flex-wrap:wrap; gap:10px 40px; align-items:flex-start; }
 .scroll { overflow-x:auto; max-height:560px; }
 details summary { cursor:pointer; color:var(--accent); margin:10px 0 4px; }
+.tiles { display:flex; flex-wrap:wrap; gap:10px; margin:4px 0 12px; }
+.tile { border:1px solid var(--line); border-radius:6px; padding:6px 12px; min-width:130px; background:var(--bg); }
+.tile .label { font-size:12px; color:var(--muted); }
+.tile .value { font-size:19px; font-weight:600; font-variant-numeric:tabular-nums; }
+.tile .note { font-size:11.5px; color:var(--muted); }
+.alerts { display:flex; flex-wrap:wrap; gap:3px; }
+.alert { border-radius:4px; padding:0 5px; font-size:11.5px; background:#fff3c4; color:#8d2b0b; }
+.alert.pains { background:#ffe3e3; color:#8a1c1c; font-weight:600; }
+.ok { color:#2f8132; font-size:11.5px; }
 #check-warning { display:none; background:#ffe3e3; color:#8a1c1c; padding:8px 28px; }
 footer { text-align:center; color:var(--muted); font-size:12px; padding:0 0 30px; }
 """
@@ -688,27 +933,37 @@ def write_report(
     provenance: Mapping[str, Any],
     samples: pd.DataFrame | None = None,
     training_smiles: Sequence[str] | None = None,
+    training_properties: pd.DataFrame | None = None,
     optimization: pd.DataFrame | None = None,
     optimization_summary: Mapping[str, Any] | None = None,
+    prior: pd.DataFrame | None = None,
+    prior_summary: Mapping[str, Any] | None = None,
     pareto_objectives: Sequence[str] | None = None,
     latent: Mapping[str, Any] | None = None,
     moses_metrics: Mapping[str, Any] | None = None,
     training_metrics: pd.DataFrame | None = None,
     top_n: int = 24,
+    progress: bool = True,
 ) -> Path:
     """Write the self-contained HTML report and return its path.
 
     Args:
-        settings: the run's resolved settings (nested dicts are shown as dotted keys).
+        settings: the run's resolved settings; top-level values in one table, each nested
+            table (a pipeline stage) in its own.
         provenance: versions and hardware (molvae, torch, rdkit, cuda, device, date …).
         samples: ``samples.csv`` of :func:`molvae.generate.sample` (smiles, valid, unique,
             novel, qed, logp, sa, mw).
-        training_smiles: training molecules for the property comparison (a random 5,000 are
+        training_smiles: training molecules for the property comparison (a random 2,000 are
             used when there are more).
+        training_properties: their properties already computed (columns of
+            :data:`molvae.chem.MAIN_PROPERTIES`); then ``training_smiles`` is not needed.
         optimization: the optimizer's ``molecules.csv`` (smiles, score, feasible, component
             columns, oracle_call, trial; multi-objective runs: ``<objective>_score`` columns
             and a boolean ``pareto`` column).
-        optimization_summary: the optimizer's ``summary.json``, shown as a table.
+        optimization_summary: the optimizer's ``summary.json``, shown as labelled figures
+            (the raw fields folded away).
+        prior, prior_summary: the same tables of :func:`molvae.optimize.sample_prior_baseline`
+            with the same objective and budget: shown beside the optimized molecules.
         pareto_objectives: objective names (the column or ``<name>_score``) of a
             multi-objective run; ``None`` with a ``pareto`` column uses every ``*_score``.
         latent: ``{'coords': (n, 2), 'values': (n,), 'property': 'qed', 'labels': (n,)}``;
@@ -717,6 +972,7 @@ def write_report(
             published rows.
         training_metrics: ``metrics.csv`` of training, one row per epoch.
         top_n: molecules per grid.
+        progress: a progress bar over the sections (hidden under ``--quiet``).
 
     Raises:
         MolvaeError: when an input table lacks the columns a section needs.
@@ -724,55 +980,85 @@ def write_report(
     out = Path(out_path)
     top_n = max(1, int(top_n))
     sections: list[tuple[str, str, str]] = []
+    steps = ["settings", "optimization", "prior", "generated", "properties", "latent", "moses", "training"]
+    bar = _progress_bar(total=len(steps), desc="report", disable=not progress)
+
+    def step(name: str, build) -> None:
+        # Each step is timed in the log (molvae -v), so a slow report says where its time went.
+        bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        build()
+        log.debug("report: %s in %.2f s", name, time.perf_counter() - t0)
+        bar.update(1)
 
     def add(sid: str, heading: str, content: str) -> None:
         if content.strip():  # an absent or empty section is left out, never shown blank
             sections.append((sid, heading, content))
 
-    add("settings", "Run settings and provenance", _section_settings(settings or {}, provenance or {}))
+    step("settings", lambda: add("settings", "Run settings and provenance",
+                                 _section_settings(settings or {}, provenance or {})))
 
-    if optimization is not None and len(optimization):
-        if "smiles" not in optimization.columns:
-            raise MolvaeError("report: the molecules table has no 'smiles' column")
-        opt = _in_call_order(optimization)
-        multi = pareto_objectives is not None or "pareto" in opt.columns
-        objective_cols = _objective_columns(opt, pareto_objectives) if multi else []
-        front = None
-        if multi and len(objective_cols) >= 2:
-            vals = opt[objective_cols].apply(pd.to_numeric, errors="coerce").to_numpy()
-            front = _bool_column(opt["pareto"]) if "pareto" in opt.columns else pareto_front(vals)
-        elif "score" not in opt.columns and objective_cols:
-            opt = opt.assign(score=opt[objective_cols[0]])
-            objective_cols = []
-        add("best", "Best molecules", _section_best(opt, top_n, objective_cols, front))
-        add("progress", "Optimization progress", _section_progress(opt, optimization_summary, objective_cols))
-        if front is not None:
-            add("pareto", "Pareto front", _section_pareto(opt, objective_cols, front))
-    elif optimization_summary:
-        add("progress", "Optimization progress", _kv_table(_flatten(optimization_summary), "Run summary"))
+    opt_state: dict[str, Any] = {}
 
-    generated_props = None
-    if samples is not None and len(samples):
-        add("generated", "Generated molecules", _section_generated(samples, top_n))
-        valid = _bool_column(samples["valid"]) if "valid" in samples.columns else np.ones(len(samples), bool)
-        good = samples[valid]
-        if "unique" in good.columns:
-            good = good[_bool_column(good["unique"])]
-        if all(p in good.columns for p in chem.MAIN_PROPERTIES):
-            generated_props = good[list(chem.MAIN_PROPERTIES)]
-        elif "smiles" in good.columns:
-            generated_props = _properties_of(_subsample(good["smiles"].dropna().astype(str), _MAX_PROPERTY_MOLECULES))
-    training_props = None
-    if training_smiles is not None and len(training_smiles):
-        training_props = _properties_of(_subsample(training_smiles, _MAX_PROPERTY_MOLECULES))
-    add("properties", "Property distributions", _section_properties(generated_props, training_props))
+    def optimization_sections() -> None:
+        if optimization is not None and len(optimization):
+            if "smiles" not in optimization.columns:
+                raise MolvaeError("report: the molecules table has no 'smiles' column")
+            opt = _in_call_order(optimization)
+            multi = pareto_objectives is not None or "pareto" in opt.columns
+            objective_cols = _objective_columns(opt, pareto_objectives) if multi else []
+            front = None
+            if multi and len(objective_cols) >= 2:
+                vals = opt[objective_cols].apply(pd.to_numeric, errors="coerce").to_numpy()
+                front = _bool_column(opt["pareto"]) if "pareto" in opt.columns else pareto_front(vals)
+            elif "score" not in opt.columns and objective_cols:
+                opt = opt.assign(score=opt[objective_cols[0]])
+                objective_cols = []
+            opt_state["opt"] = opt
+            add("best", "Best molecules", _section_best(opt, top_n, objective_cols, front))
+            add("progress", "Optimization progress",
+                _section_progress(opt, optimization_summary, objective_cols, prior if front is None else None))
+            if front is not None:
+                add("pareto", "Pareto front", _section_pareto(opt, objective_cols, front))
+        elif optimization_summary:
+            add("progress", "Optimization progress", _section_progress(pd.DataFrame(), optimization_summary, []))
 
-    if latent is not None and latent.get("coords") is not None:
-        add("latent", "Latent space", _section_latent(latent))
-    if moses_metrics:
-        add("moses", "MOSES metrics", _section_moses(moses_metrics))
-    if training_metrics is not None and len(training_metrics):
-        add("training", "Training", _section_training(training_metrics))
+    step("best molecules and progress", optimization_sections)
+    step("prior comparison", lambda: add("prior", "Optimized vs prior samples", _section_prior(
+        opt_state["opt"], prior, optimization_summary, prior_summary))
+        if "opt" in opt_state and prior is not None and len(prior) else None)
+
+    props: dict[str, pd.DataFrame | None] = {"generated": None, "training": None}
+
+    def generated() -> None:
+        if samples is not None and len(samples):
+            add("generated", "Generated molecules", _section_generated(samples, top_n))
+            valid = _bool_column(samples["valid"]) if "valid" in samples.columns else np.ones(len(samples), bool)
+            good = samples[valid]
+            if "unique" in good.columns:
+                good = good[_bool_column(good["unique"])]
+            if all(p in good.columns for p in chem.MAIN_PROPERTIES):
+                props["generated"] = good[list(chem.MAIN_PROPERTIES)]
+            elif "smiles" in good.columns:
+                props["generated"] = _properties_of(_subsample(good["smiles"].dropna().astype(str),
+                                                               _MAX_PROPERTY_MOLECULES))
+
+    def properties() -> None:
+        if training_properties is not None and len(training_properties):
+            props["training"] = training_properties
+        elif training_smiles is not None and len(training_smiles):
+            props["training"] = _properties_of(_subsample(training_smiles, _MAX_PROPERTY_MOLECULES))
+        add("properties", "Property distributions", _section_properties(props["generated"], props["training"]))
+
+    step("generated molecules", generated)
+    step("property distributions", properties)
+    step("latent map", lambda: add("latent", "Latent space", _section_latent(latent))
+         if latent is not None and latent.get("coords") is not None else None)
+    step("MOSES metrics", lambda: add("moses", "MOSES metrics", _section_moses(moses_metrics))
+         if moses_metrics else None)
+    step("training curves", lambda: add("training", "Training", _section_training(training_metrics))
+         if training_metrics is not None and len(training_metrics) else None)
+    bar.close()
 
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     text = _page(title, sections, now)
@@ -806,13 +1092,15 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def report_from_run_dir(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None,
                         title: str | None = None, top_n: int = 24,
-                        training_smiles: list[str] | None = None) -> Path:
+                        training_smiles: list[str] | None = None, progress: bool = True) -> Path:
     """Build ``report.html`` in a run folder from the standard files it holds.
 
     Looks for (each optional, see :data:`RUN_FILES`): ``config.json`` or ``resolved.toml``,
     ``provenance.json``, ``train/metrics.csv``, ``evaluate/metrics.json``,
     ``sample/samples.csv``, ``data/prepared.csv`` (training SMILES, rows with split=train),
-    ``optimize/molecules.csv``, ``optimize/summary.json``, and ``latent.npz`` with arrays
+    ``optimize/molecules.csv``, ``optimize/summary.json``, the prior-sampling baseline in
+    ``optimize/prior/``, ``report/training_properties.csv`` (properties of training molecules,
+    written by the pipeline so a rebuild need not recompute them), and ``latent.npz`` with arrays
     ``coords`` (n, 2), ``values`` (n,), optional ``labels`` (n,) of str and a 0-d ``property``.
     ``summary.json`` may name a multi-objective run's objectives under ``objectives``.
     ``training_smiles`` is the reference set for property distributions when the run
@@ -845,7 +1133,12 @@ def report_from_run_dir(run_dir: str | os.PathLike, out_path: str | os.PathLike 
         if len(names) >= 2 and all(isinstance(n, str) for n in names):
             objectives = names
 
-    if training_smiles is None and (p := found["training_smiles"]) is not None:
+    training_properties = None
+    if (p := found["training_properties"]) is not None:
+        training_properties = _read_csv(p)
+        if not all(c in training_properties.columns for c in chem.MAIN_PROPERTIES):
+            training_properties = None  # an older or foreign file: recompute from the SMILES
+    if training_smiles is None and training_properties is None and (p := found["training_smiles"]) is not None:
         table = _read_csv(p)
         if "smiles" in table.columns:
             if "split" in table.columns:
@@ -869,8 +1162,11 @@ def report_from_run_dir(run_dir: str | os.PathLike, out_path: str | os.PathLike 
     return write_report(
         out_path or run / "report.html", title=title, settings=settings, provenance=provenance,
         samples=_read_csv(found["samples"]) if found["samples"] else None,
-        training_smiles=training_smiles, optimization=optimization, optimization_summary=summary,
+        training_smiles=training_smiles, training_properties=training_properties, optimization=optimization,
+        optimization_summary=summary,
+        prior=_read_csv(found["prior"]) if found["prior"] else None,
+        prior_summary=_read_json(found["prior_summary"]) if found["prior_summary"] else None,
         pareto_objectives=objectives, latent=latent,
         moses_metrics=_read_json(found["moses_metrics"]) if found["moses_metrics"] else None,
         training_metrics=_read_csv(found["training_metrics"]) if found["training_metrics"] else None,
-        top_n=top_n)
+        top_n=top_n, progress=progress)

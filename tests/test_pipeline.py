@@ -182,7 +182,9 @@ n = 20
 objective = "{objective}"
 budget = 12
 batch_size = 6
-compare_prior = false
+[report]
+latent_molecules = 40
+top_n = 4
 """
 
 
@@ -207,7 +209,15 @@ def test_edited_stage_reruns_and_unchanged_stages_are_kept(tmp_path, tiny_model_
     second = (run / "run.log").read_text().split("pipeline p ")[-1]  # the log of the second run
     assert "[sample] already complete" in second
     assert "[optimize] settings changed: objective: 'qed' -> 'logp'" in second
+    assert "[report] inputs changed: stage optimize re-runs" in second
     assert json.loads((run / "config.json").read_text())["optimize"]["objective"] == "logp"
+    # The rebuilt report shows the new objective's run, the settings used and the prior baseline.
+    html = (run / "report.html").read_text()
+    settings = html.split('id="settings"')[1].split("</section>")[0]
+    assert "<th>objective</th><td>logp</td>" in settings and "—" not in settings
+    assert "cmaes" in settings                                   # the sampler the stage used
+    assert 'id="prior"' in html and (run / "optimize" / "prior" / "summary.json").exists()
+    assert (run / "report" / "training_properties.csv").exists()
 
 
 def test_retrained_model_reruns_the_stages_that_read_it(tmp_path, small_file):

@@ -270,3 +270,127 @@ def test_report_renders_in_headless_chromium(reports, tmp_path):
         assert check["images"] >= expected - 1  # every section but settings has a picture here
         assert check["broken_images"] == 0, f"{name}: {check}"
         assert check["empty_sections"] == [], f"{name}: {check}"
+
+
+# ---------------------------------------------------------------------------- what a chemist checks
+
+PAINS_MOLECULE = "Oc1ccc(CCNC(=O)c2ccccc2)cc1O"      # a catechol: PAINS catechol_A and Brenk catechol
+BRENK_MOLECULE = "O=C(C=Cc1ccccc1)c1ccccc1"           # a chalcone: Brenk Michael acceptor, no PAINS
+LEAD = "CC(=O)Nc1ccc(OCC(=O)NC2CCCCC2)cc1"                # clean, and three analogs (Tanimoto 0.69-1.0)
+ANALOGS = ["CC(=O)Nc1ccc(OCC(=O)NC2CCCCCC2)cc1", "CC(=O)Nc1ccc(OCC(=O)NC2CCCC2)cc1",
+           "CC(=O)Nc1ccc(OCC(=O)NC2CCCCC2)cc1C"]
+
+
+@pytest.fixture(scope="module")
+def chemist_run(inputs, tmp_path_factory):
+    """A pipeline-shaped run folder whose best molecules include near-duplicates of the top
+    molecule and two molecules with structural alerts, plus the prior-sampling baseline."""
+    run = tmp_path_factory.mktemp("chemist-run")
+    opt = inputs["opt"].copy()
+    extra = pd.DataFrame({"smiles": [LEAD, *ANALOGS, PAINS_MOLECULE, BRENK_MOLECULE],
+                          "score": [0.99, 0.985, 0.98, 0.975, 0.97, 0.965], "feasible": True})
+    opt = pd.concat([opt, extra], ignore_index=True)
+    opt["oracle_call"] = np.arange(1, len(opt) + 1)
+    (run / "optimize" / "prior").mkdir(parents=True)
+    opt.to_csv(run / "optimize" / "molecules.csv", index=False)
+    summary = {"sampler": "cmaes", "batch_size": 16, "objective": "qed x sa", "budget": 306,
+               "oracle_calls": 306, "top1": 0.99, "top10_mean": 0.95, "feasible_fraction": 0.8,
+               "stop_reason": "budget", "wall_s": 61.5, "wall_s_total": 61.5, "valid_fraction": 0.97,
+               "time": {"score_s": 12.3, "decode_s": 20.1, "storage_background_s": 0.4},
+               "overhead_fraction": 0.8}
+    (run / "optimize" / "summary.json").write_text(json.dumps(summary))
+    prior = inputs["opt"].sample(frac=1.0, random_state=1).reset_index(drop=True)
+    prior["score"] = prior["score"] * 0.8
+    prior["oracle_call"] = np.arange(1, len(prior) + 1)
+    prior.to_csv(run / "optimize" / "prior" / "molecules.csv", index=False)
+    (run / "optimize" / "prior" / "summary.json").write_text(json.dumps(
+        {**summary, "sampler": "prior", "top1": float(prior["score"].max()), "wall_s": 20.0}))
+    from molvae.pipeline import load_pipeline
+    pipe_file = run / "p.toml"
+    pipe_file.write_text('[optimize]\nobjective = "qed"\n[report]\n')
+    (run / "config.json").write_text(json.dumps(load_pipeline(pipe_file, run_dir=run).to_dict()))
+    (run / "provenance.json").write_text(json.dumps(inputs["provenance"]))
+    return report_from_run_dir(run, top_n=12, training_smiles=inputs["smiles"][:100], progress=False)
+
+
+def _cards(path: Path) -> list[str]:
+    best = path.read_text().split('id="best"')[1].split("</section>")[0]
+    return best.split('<figure class="mol">')[1:]
+
+
+def _card_smiles(card: str) -> str:
+    import html as _html
+    return _html.unescape(re.search(r'<div class="smiles">(.*?)</div>', card).group(1))
+
+
+def test_report_shows_the_prior_comparison(chemist_run):
+    parsed = _parse(chemist_run)
+    assert "prior" in parsed.sections
+    text = parsed.sections["prior"]["text"]
+    assert parsed.sections["prior"]["table"] >= 1
+    assert "Best score" in text and "Top-10 mean" in text and "prior" in text.lower()
+    html = chemist_run.read_text()
+    assert "storage_background_s" not in html.split("<details")[0]  # raw fields only behind a fold
+
+
+def test_report_summary_is_labelled_figures(chemist_run):
+    progress = chemist_run.read_text().split('id="progress"')[1].split("</section>")[0]
+    visible = progress.split("<details")[0]
+    for label in ("Best score", "Top-10 mean", "Molecules scored", "Wall time", "Time spent scoring"):
+        assert label in visible, label
+    assert "1 min 2 s" in visible and "12.3 s (20%" in visible   # units a person reads
+    assert "overhead_fraction" not in visible and "storage_background_s" not in visible
+
+
+def test_settings_show_the_value_used_not_a_dash(chemist_run):
+    settings = _parse(chemist_run).sections["settings"]["text"]
+    assert "—" not in settings
+    assert "cmaes" in settings and "16" in settings    # the sampler and batch size the stage used
+
+
+def test_best_molecules_are_diverse_and_alerts_are_flagged(chemist_run):
+    from rdkit.Chem import DataStructs
+
+    cards = _cards(chemist_run)
+    smiles = [_card_smiles(c) for c in cards]
+    assert smiles[0] == LEAD and not set(ANALOGS) & set(smiles)   # the best of its cluster, once
+    assert "3 close analogs" in cards[0]
+    fps = [chem.morgan_fp(s) for s in smiles]
+    for i in range(len(fps)):
+        sims = DataStructs.BulkTanimotoSimilarity(fps[i], fps[i + 1:])
+        assert max(sims, default=0) < 0.6, smiles[i]
+    by_smiles = dict(zip(smiles, cards))
+    assert "PAINS" in by_smiles[PAINS_MOLECULE] and "catechol" in by_smiles[PAINS_MOLECULE]
+    assert "Brenk" in by_smiles[BRENK_MOLECULE] and "Michael_acceptor" in by_smiles[BRENK_MOLECULE]
+    assert "PAINS" not in by_smiles[BRENK_MOLECULE]
+    assert "no PAINS or Brenk alert" in by_smiles[LEAD]
+
+
+def test_plot_legends_stay_off_the_data(inputs, tmp_path, monkeypatch):
+    """Every legend of every plot lies outside every panel's data area."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from molvae import report
+
+    figures = []
+    real_png = report._png
+    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or real_png(fig))
+    write_report(tmp_path / "r.html", title="legends", settings={}, provenance={}, samples=inputs["samples"],
+                 training_smiles=inputs["smiles"], optimization=inputs["opt"], prior=inputs["opt"],
+                 latent=inputs["latent"],
+                 training_metrics=inputs["train_metrics"], top_n=4, progress=False)
+    write_report(tmp_path / "m.html", title="legends", settings={}, provenance={}, optimization=inputs["multi"],
+                 pareto_objectives=["qed", "sa"], top_n=4, progress=False)
+    legends = 0
+    for fig in figures:
+        FigureCanvasAgg(fig)
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)
+        axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+        for leg in list(fig.legends) + [ax.get_legend() for ax in axes if ax.get_legend()]:
+            legends += 1
+            box = leg.get_window_extent(renderer)
+            assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1, "legend cut off"
+            for ax in axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), f"legend over the data of {ax.get_xlabel()}"
+    assert legends >= 4
