@@ -220,3 +220,12 @@ def test_bench_optimize_pmo_suite_on_two_tasks(tiny_model_dir, tmp_path, capsys)
     pd.testing.assert_frame_equal(again, runs)
     with pytest.raises(SystemExit):
         main(["bench", "optimize", "--suite", "guacamol"])
+
+
+def test_bench_suite_rejects_tasks_outside_it():
+    from molvae.benchmark import benchmark_optimize
+
+    with pytest.raises(MolvaeError, match=r"unknown pmo task\(s\) drd2; valid: qed, celecoxib_rediscovery"):
+        benchmark_optimize(None, tasks=["drd2"], suite="pmo")
+    with pytest.raises(MolvaeError, match="unknown benchmark suite 'guacamol'; valid: pmo"):
+        benchmark_optimize(None, suite="guacamol")
