@@ -181,6 +181,15 @@ def test_ledger_refuses_another_objective_under_the_same_study(db_url):
     _open(db_url, study="other", columns=COLUMNS[:3] + ["docking_score"] + COLUMNS[3:])
 
 
+def test_ledger_refuses_a_worker_with_another_model(db_url):
+    from molvae.optimize.ledger_db import DbMoleculeLog
+
+    DbMoleculeLog(db_url, "run", None, COLUMNS, ["score"], settings={"model": "abc", "bound": 3.0})
+    DbMoleculeLog(db_url, "run", None, COLUMNS, ["score"], settings={"model": "abc", "bound": 3.0})
+    with pytest.raises(MolvaeError, match="model: 'abc' there, 'def' here"):
+        DbMoleculeLog(db_url, "run", None, COLUMNS, ["score"], settings={"model": "def", "bound": 3.0})
+
+
 def test_a_folder_of_another_run_is_not_overwritten(db_url, tmp_path):
     path = tmp_path / "molecules.csv"
     path.write_text(",".join(COLUMNS) + "\n1,CCO,0.5,True,,0,0,0,0.1\n")
@@ -268,7 +277,7 @@ def test_three_workers_share_one_budget_through_postgres(pg_url, tmp_path):
     from molvae.model import load_model
     from molvae.optimize import fit_latent_pca
 
-    budget, batch, lease = 96, 8, 3.0
+    budget, batch, lease = 96, 8, 5.0
     fit_latent_pca(load_model(device="cpu"), n_molecules=400)  # into the cache the workers read
     (tmp_path / "scorer.py").write_text(SCORER)
     scored_file = tmp_path / "scored.txt"

@@ -251,7 +251,11 @@ class DbMoleculeLog(MoleculeLog):
                     f"({', '.join(found)}), not those of this objective ({', '.join(self.columns)}); "
                     "another objective runs under this study name. Use another study name (the "
                     "--out folder's name), or the objective that study uses.")
-            if settings is not None and row.settings is not None:
+            if settings is not None and row.settings is None:  # opened without them before
+                with self.engine.begin() as conn:
+                    conn.execute(sa.update(ledgers).where(ledgers.c.id == row.id)
+                                 .values(settings=json.dumps(settings)))
+            elif settings is not None:
                 old = json.loads(row.settings)
                 diff = [k for k in settings if k in old and old[k] != settings[k]]
                 if diff:
@@ -295,17 +299,17 @@ class DbMoleculeLog(MoleculeLog):
         import sqlalchemy as sa
 
         _, _, _, molecules, _ = _schema()
-        with self.lock():
+        with self.lock():  # rows added inside, so the local copy gets them when it commits
             rows = self._conn.execute(
                 sa.select(molecules.c.oracle_call, molecules.c.row)
                 .where(molecules.c.ledger_id == self.ledger_id, molecules.c.oracle_call > len(self.rows))
                 .order_by(molecules.c.oracle_call)).all()
-        for call, text in rows:
-            if call != len(self.rows) + 1:
-                raise MolvaeError(f"study {self.study!r} in {self._where()}: oracle call {call} follows "
-                                  f"{len(self.rows)} in the molecule ledger; the table "
-                                  "molvae_molecules was edited")
-            self._add([_coerce(c, v) for c, v in zip(self.columns, json.loads(text))])
+            for call, text in rows:
+                if call != len(self.rows) + 1:
+                    raise MolvaeError(f"study {self.study!r} in {self._where()}: oracle call {call} follows "
+                                      f"{len(self.rows)} in the molecule ledger; the table "
+                                      "molvae_molecules was edited")
+                self._add([_coerce(c, v) for c, v in zip(self.columns, json.loads(text))])
         return len(rows)
 
     def append(self, table: pd.DataFrame, extra: dict[str, Any]) -> list[int]:
