@@ -353,8 +353,9 @@ def _file_hash(path: Path) -> str:
 
 def _model_hash(folder: Path) -> str:
     """Hash of what load_model reads (weights and model.json), not of logs beside them."""
-    files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".json") and p.name != STAGE_FILE
-                   and not p.name.startswith(("DONE", "summary", "training_summary")))
+    from .model import CONFIG_FILE, WEIGHTS_FILE
+
+    files = [folder / name for name in (CONFIG_FILE, WEIGHTS_FILE) if (folder / name).is_file()]
     return _file_hash_many(files) if files else "missing"
 
 
