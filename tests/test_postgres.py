@@ -162,6 +162,15 @@ def test_claims_keep_two_machines_from_scoring_one_molecule(db_url, tmp_path, mo
     assert c.frame()["smiles"].tolist() == ["CCC", "CCO", "CCN"]
 
 
+def test_sync_brings_the_local_copy_up_to_date(db_url, tmp_path):
+    a, b = _open(db_url, tmp_path / "molecules.csv"), _open(db_url)
+    with b.lock():
+        b.claim(["CCO"], [0])
+    b.append(_scored(["CCO"]), EXTRA)
+    assert a.sync() == 1  # the last sync of a run: nothing written after it
+    assert list(pd.read_csv(tmp_path / "molecules.csv")["smiles"]) == ["CCO"]
+
+
 def test_a_finished_worker_frees_its_claims_at_once(db_url, monkeypatch):
     monkeypatch.setenv("MOLVAE_LEDGER_LEASE", "600")
     a, b = _open(db_url), _open(db_url)
