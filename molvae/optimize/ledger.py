@@ -3,12 +3,13 @@ the dedup cache and on disk as ``molecules.csv`` (append-only, fsynced each batc
 
 Its interface to the search is small: :meth:`MoleculeLog.lock`, :meth:`~MoleculeLog.sync`,
 :meth:`~MoleculeLog.append`, the claims (:meth:`~MoleculeLog.read_claims`,
-:meth:`~MoleculeLog.write_claims`) and the queries (``index``, ``scores``,
-:meth:`~MoleculeLog.values`, :meth:`~MoleculeLog.frame`). Several worker processes share one
-file under an ``fcntl`` lock; each new molecule is first *claimed* (``claims.tsv``, with the
-claimant's pid) so that no other worker scores it meanwhile, and the claims of dead processes
-(:func:`_alive`) are ignored. Another backend (a database shared by machines without a shared
-disk) needs only the same methods.
+:meth:`~MoleculeLog.claim`, :meth:`~MoleculeLog.release`) and the queries (``index``,
+``scores``, :meth:`~MoleculeLog.values`, :meth:`~MoleculeLog.frame`). Several worker processes
+share one file under an ``fcntl`` lock; each new molecule is first *claimed* (``claims.tsv``,
+with the claimant's pid) so that no other worker scores it meanwhile, and the claims of dead
+processes (:func:`_alive`) are ignored. With an RDB storage, :func:`open_ledger` puts the
+ledger in that database instead (:mod:`molvae.optimize.ledger_db`), shared by workers on
+machines without a shared disk.
 """
 
 from __future__ import annotations
