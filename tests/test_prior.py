@@ -95,3 +95,28 @@ def test_fit_refuses_nonsense(tiny_model, train_smiles):
         fit_latent_density(tiny_model, train_smiles[:20], n_components=0)
     with pytest.raises(MolvaeError, match="encoded"):
         fit_latent_density(tiny_model, ["not a smiles", "C" * 5000], n_components=1)
+
+
+def test_aggregate_posterior_is_the_encoders_mixture(tiny_model, train_smiles):
+    from molvae.prior import aggregate_posterior
+
+    agg = aggregate_posterior(tiny_model, train_smiles[:50])
+    mu, logvar = tiny_model.encode(train_smiles[:50])
+    assert agg.n_components == 50 and agg.covariance == "diag"
+    assert torch.allclose(agg.means, mu) and torch.allclose(agg.scale, (0.5 * logvar).exp())
+    z = agg.sample(2000, seed=0)
+    assert torch.allclose(z.mean(0), mu.mean(0), atol=0.2)
+
+
+def test_fit_prior_command_writes_the_prior_into_the_model_folder(tiny_model_dir, tmp_path):
+    from molvae.cli import main
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, d)
+    assert main(["-q", "fit-prior", "--model", str(d), "--components", "3", "--molecules", "200"]) == 0
+    vae = load_model(d, device="cpu")
+    assert vae.prior.n_components == 3
+    assert main(["-q", "fit-prior", "--model", str(d), "--method", "aggregate",
+                 "--components", "40", "--molecules", "200"]) == 0
+    assert load_model(d, device="cpu").prior.n_components == 40
+    assert main(["-q", "fit-prior", "--model", str(d), "--components", "0"]) == 1

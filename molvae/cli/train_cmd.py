@@ -113,7 +113,7 @@ def _fit_prior(args: argparse.Namespace) -> int:
     """Fit the latent prior of a model folder (and, with --compare, measure it against N(0, I))."""
     from ..data import bundled, read_smiles
     from ..model import default_model_dir, load_model
-    from ..prior import fit_latent_density
+    from ..prior import aggregate_posterior, fit_latent_density
 
     if args.components < 1 or args.molecules < 1 or args.compare < 0:
         raise MolvaeError("fit-prior: --components and --molecules must be >= 1, --compare >= 0")
@@ -123,9 +123,14 @@ def _fit_prior(args: argparse.Namespace) -> int:
     import random
 
     smiles = random.Random(args.seed).sample(list(smiles), min(args.molecules, len(smiles)))
-    print(f"fitting a {args.components}-component Gaussian mixture on posterior samples of "
-          f"{len(smiles)} molecules")
-    density = fit_latent_density(model, smiles, n_components=args.components, seed=args.seed)
+    if args.method == "aggregate":
+        smiles = smiles[:args.components]
+        print(f"keeping the encoder posteriors of {len(smiles)} molecules (aggregate posterior)")
+        density = aggregate_posterior(model, smiles)
+    else:
+        print(f"fitting a {args.components}-component Gaussian mixture on posterior samples of "
+              f"{len(smiles)} molecules")
+        density = fit_latent_density(model, smiles, n_components=args.components, seed=args.seed)
     if args.compare:
         from ..evaluate import compare_priors
 
@@ -178,7 +183,11 @@ def register(subparsers, bench) -> None:
                                           "where the decoder was trained instead of N(0, I).")
     f.add_argument("--model", help="model folder (default: the shipped model)")
     f.add_argument("--data", help="training SMILES file (default: the bundled 100k MOSES sample)")
-    f.add_argument("--components", type=int, default=128, help="mixture components (default 128)")
+    f.add_argument("--method", choices=["gmm", "aggregate"], default="gmm",
+                   help="gmm: a Gaussian mixture fitted by EM on posterior samples (default); "
+                        "aggregate: keep the posteriors of --components molecules themselves")
+    f.add_argument("--components", type=int, default=128,
+                   help="mixture components (default 128); with --method aggregate, molecules kept")
     f.add_argument("--molecules", type=int, default=20000, help="molecules encoded for the fit (default 20000)")
     f.add_argument("--compare", type=int, default=0, metavar="N",
                    help="measure N samples from the fitted prior against N from N(0, I) (FCD, SNN, "
