@@ -224,11 +224,14 @@ def _search(model, proposer, scorer: _Scorer, mlog: MoleculeLog, settings: _Sett
             stopper.update(mlog.scores)
             reason = stopper.reason(len(mlog) + n_claimed, stalled,
                                     all_failed=FAILING_STOP <= mlog.n_failed == len(mlog))
-            if reason == "budget" and len(mlog) < settings.budget and stopper.reason(len(mlog), stalled) is None:
+            if reason == "budget" and len(mlog) < settings.budget:
                 # The rest of the budget is claimed by other workers: wait until they record it
-                # (or their lease runs out, if they died), so this run ends with the whole ledger.
-                time.sleep(0.5)
-                continue
+                # (or their lease runs out, if they died), so this run ends with the whole
+                # ledger; unless another stop rule fires meanwhile.
+                reason = stopper.reason(len(mlog), stalled)
+                if reason is None:
+                    time.sleep(0.5)
+                    continue
             if reason is not None:
                 break
             trials, numbers, z = proposer.propose(settings.batch_size, stats)
