@@ -461,16 +461,21 @@ def _plan_stages(pipe: Pipeline, cfg: dict, old_cfg: dict | None) -> dict[str, d
         deps = {f"stage {dep}": run_ids.get(dep, _RERUN) for dep in DEPENDS[stage] if dep in plans}
         inputs = {**plan["inputs"], **deps}
         rec = _read_record(d)
-        if rec is None and _done(d):  # finished before stage.json existed
-            same = old_cfg is not None and old_cfg.get(stage) == raw[stage] and old_cfg.get("seed") == raw["seed"]
-            rec = {"settings": plan["settings"], "inputs": inputs, "run_id": uuid.uuid4().hex[:12]} if same else \
-                {"settings": {"config.json": "(older settings)"}, "inputs": {}}
-            if same:
+        if rec is None and _done(d):
+            # Finished by a molvae that wrote no stage.json: its config.json (unresolved
+            # settings) is the record of what it ran with.
+            old = old_cfg or {}
+            why = _changes({"seed": old.get("seed"), **dict(_flat(old.get(stage) or {}))},
+                           {"seed": raw["seed"], **dict(_flat(raw[stage]))}, "settings")
+            moved = [f"{k} re-runs" for k, v in deps.items() if v == _RERUN]
+            rec = {"settings": plan["settings"], "inputs": inputs, "run_id": uuid.uuid4().hex[:12]}
+            if not (why or moved):
                 _write_json(d / STAGE_FILE, rec)
-        if rec is None:
+        elif rec is None:
             continue  # never started, or started before stage.json existed: it resumes
-        why = _changes(rec.get("settings", {}), plan["settings"], "settings")
-        moved = _changes(rec.get("inputs", {}), inputs, "inputs")
+        else:
+            why = _changes(rec.get("settings", {}), plan["settings"], "settings")
+            moved = _changes(rec.get("inputs", {}), inputs, "inputs")
         if why or moved:
             detail = "; ".join(filter(None, [why and "settings changed: " + "; ".join(why),
                                              moved and "inputs changed: " + "; ".join(moved)]))

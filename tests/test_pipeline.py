@@ -247,3 +247,29 @@ def test_retrained_model_reruns_the_stages_that_read_it(tmp_path, small_file):
     run_pipeline(load_pipeline(path), progress=False)
     assert not (run / "sample").exists() and (run / "sample.previous" / "samples.csv").exists()
     assert "sample" not in json.loads((run / "config.json").read_text())
+
+
+def test_run_folder_from_before_stage_records(tmp_path, small_file):
+    """A stage finished by an older molvae (DONE, no stage.json) is kept when config.json shows
+    it ran with today's settings, and re-run when it shows other settings."""
+    from molvae.pipeline import run_pipeline
+
+    run = tmp_path / "run"
+    path = write(tmp_path / "p.toml", f'run_dir = "{run}"\n[data]\ninput = "{small_file}"\n')
+    run_pipeline(load_pipeline(path), progress=False)
+    done = (run / "data" / "DONE").stat().st_mtime_ns
+
+    def as_older_molvae(valid_fraction):
+        (run / "data" / "stage.json").unlink()
+        old = load_pipeline(path).to_dict(resolve=False)     # older config.json: unresolved
+        old["data"]["valid_fraction"] = valid_fraction
+        (run / "config.json").write_text(json.dumps(old))
+
+    as_older_molvae(0.05)                                      # the default: same settings
+    run_pipeline(load_pipeline(path), progress=False)
+    assert (run / "data" / "DONE").stat().st_mtime_ns == done and (run / "data" / "stage.json").exists()
+
+    as_older_molvae(0.2)                                       # ran with other settings
+    run_pipeline(load_pipeline(path), progress=False)
+    assert (run / "data" / "DONE").stat().st_mtime_ns != done
+    assert "[data] settings changed: valid_fraction: 0.2 -> 0.05" in (run / "run.log").read_text()
