@@ -233,6 +233,29 @@ def test_run_folders_share_one_budget_through_a_database(tmp_path, monkeypatch):
     assert len(set(rows["worker"][24:])) == 2             # the two forked workers, numbered by the ledger
 
 
+def test_a_worker_waits_for_claims_on_the_rest_of_the_budget_until_its_time_limit(tmp_path, monkeypatch):
+    import molvae.optimize as opt
+    from molvae.data import bundled
+    from molvae.optimize.ledger_db import DbMoleculeLog
+    from test_optimize import Counting, FakeVAE
+
+    monkeypatch.setattr(opt.region, "PCA_MOLECULES", 400)
+    fake = FakeVAE(bundled("train")[:300])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    opt.optimize(fake, Counting(), budget=8, sampler="random", batch_size=8, storage=storage,
+                 out_dir=tmp_path / "a" / "run", progress=False)
+    columns = list(pd.read_csv(tmp_path / "a" / "run" / "molecules.csv").columns)
+    other = DbMoleculeLog(storage, "run", None, columns, ["score"])  # a live worker elsewhere
+    with other.lock():
+        other.claim([f"C{'C' * i}O" for i in range(8)], [])    # ... scoring the last 8 of 16
+    started = time.time()
+    table = opt.optimize(fake, Counting(), budget=16, sampler="random", batch_size=8, storage=storage,
+                         out_dir=tmp_path / "b" / "run", time_limit=2, progress=False)
+    assert table.attrs["summary"]["stop_reason"] == "time_limit" and len(table) == 8
+    assert time.time() - started < 60
+    other.close()
+
+
 # ---------------------------------------------------------------------------- three machines
 
 
