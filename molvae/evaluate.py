@@ -35,7 +35,7 @@ def evaluate_model(model: MolVAE, n_samples: int = 30000, train: list[str] | Non
                    seed: int = 0, temperature: float = 1.0, reconstruction_molecules: int = 1000,
                    out_dir: str | os.PathLike | None = None, test="test", test_scaffolds="test_scaffolds",
                    n_jobs: int | None = None, device: str | None = "auto",
-                   samples_csv: str | os.PathLike | None = None) -> dict:
+                   samples_csv: str | os.PathLike | None = None, prior: str = "auto") -> dict:
     """MOSES metrics of ``n_samples`` prior samples plus reconstruction and active units.
 
     ``train`` (SMILES) is the novelty reference (default: the bundled 100k MOSES sample; pass
@@ -49,7 +49,8 @@ def evaluate_model(model: MolVAE, n_samples: int = 30000, train: list[str] | Non
 
     t0 = time.perf_counter()
     train = train if train is not None else bundled("train")
-    table = sample(model, n_samples, seed=seed, temperature=temperature, training=None, properties=False)
+    table = sample(model, n_samples, seed=seed, temperature=temperature, training=None, properties=False,
+                   prior=prior)
     generated = [s if v else None for s, v in zip(table["smiles"], table["valid"])]
     metrics = moses_metrics(generated, train=train, test=test, test_scaffolds=test_scaffolds,
                             n_jobs=n_jobs, device=device)
@@ -61,6 +62,7 @@ def evaluate_model(model: MolVAE, n_samples: int = 30000, train: list[str] | Non
     metrics["reconstruction"] = reconstruction_rate(rec)
     metrics["active_units"] = active_units(model, subset)
     metrics["latent_dim"] = model.latent_dim
+    metrics["prior"] = ("fitted" if model.prior is not None and prior != "normal" else "normal")
     metrics["n_samples"] = n_samples
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     if samples_csv is not None:

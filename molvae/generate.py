@@ -91,9 +91,13 @@ def sample(
     training: Iterable[str] | None = None,
     properties: bool = True,
     progress: bool = True,
+    prior: str = "auto",
 ) -> pd.DataFrame:
-    """``n`` molecules decoded from z ~ N(0, I), 1 <= n <= :data:`MAX_SAMPLES`.
+    """``n`` molecules decoded from prior samples of z, 1 <= n <= :data:`MAX_SAMPLES`.
 
+    ``prior``: ``'auto'`` draws z from the model's fitted latent prior when it has one
+    (:mod:`molvae.prior`: where the training molecules were encoded), else N(0, I);
+    ``'normal'`` always N(0, I); ``'fitted'`` requires the fitted one.
     ``greedy=False`` (the default, as in MOSES) samples each token at ``temperature``;
     ``greedy=True`` takes the most likely token. ``training`` (SMILES) sets the ``novel``
     column. See the module docstring for the columns. Work proceeds in chunks of
@@ -107,7 +111,7 @@ def sample(
         for k, start in enumerate(starts):
             m = min(SAMPLE_CHUNK, n - start)
             chunk_seed = _chunk_seed(seed, k)
-            z = model.sample_prior(m, seed=chunk_seed)
+            z = model.sample_prior(m, seed=chunk_seed, prior=prior)
             ids = model.decode_ids(z, greedy=greedy, temperature=temperature, seed=chunk_seed)
             smiles = model.ids_to_smiles(ids)
             part = pd.DataFrame({"smiles": [s or "" for s in smiles],

@@ -707,6 +707,7 @@ def format_table(metrics: dict[str, float]) -> str:
     for k in keys:
         v = metrics[k]
         arrow = {True: "↑", False: "↓"}.get(METRIC_ORDER.get(k), " ")
-        text = "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+        text = (v if isinstance(v, str) else "nan" if v is None or (isinstance(v, float) and math.isnan(v))
+                else f"{v:.4f}")
         lines.append(f"{k:<{width}}  {text:>8} {arrow}")
     return "\n".join(lines)

@@ -4,9 +4,10 @@ One invocation is one job. The first job picks the architecture, the later ones 
 
     # job 1: smoke run, candidates compared for --candidates-s each, then the first chunk
     python scripts/train_default_gpu.py --data PREP --run RUN --export $OUT --budget-s 540 --plan-s 1000
-    # job 2 (a later lease, RUN restored from the exported checkpoint): the second chunk,
-    # then the latent prior is fitted and the model evaluated (FCD of both priors, 30k samples)
-    python scripts/train_default_gpu.py --data PREP --run RUN --export $OUT --budget-s 540
+    # job 2 (a later lease; --restore unpacks job 1's export): the second chunk, then the
+    # latent prior is fitted and the model evaluated (FCD of both priors, 30k samples)
+    python scripts/train_default_gpu.py --data PREP --run RUN --export $OUT --budget-s 540 \
+        --restore data/models/training
 
 1. A smoke run on 2,048 molecules (seconds), so a broken setup fails before the lease is spent.
 2. First job only: ``molvae.train.benchmark_candidates`` trains each candidate (GRU at
@@ -71,6 +72,8 @@ def main() -> None:
     ap.add_argument("--max-train-molecules", type=int, default=None, help="for a dry run")
     ap.add_argument("--eval-samples", type=int, default=30000)
     ap.add_argument("--prior-components", type=int, default=128)
+    ap.add_argument("--restore", metavar="DIR",
+                    help="a previous job's export (checkpoint.tar, plan.json): continue its run")
     ap.add_argument("--tiny", action="store_true",
                     help="dry run on a CPU: tiny networks and batches of 64 for every candidate")
     args = ap.parse_args()
@@ -82,6 +85,13 @@ def main() -> None:
     if dev.type == "cuda":
         print(f"torch {torch.__version__}, {torch.cuda.get_device_name(dev)}, "
               f"cuDNN {torch.backends.cudnn.version()}", flush=True)
+    if args.restore:  # a fresh machine: the run folder comes back from the last export
+        src = Path(args.restore)
+        run.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(src / "checkpoint.tar") as tar:
+            tar.extractall(run, filter="data")  # plain files only: no links, no absolute paths
+        shutil.copy2(src / "plan.json", run / "plan.json")
+        print(f"restored {find_checkpoint(run)} from {src}", flush=True)
     data = load_prepared(args.data)
     base = {"max_train_molecules": args.max_train_molecules} if args.max_train_molecules else {}
     if args.tiny:

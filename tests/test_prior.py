@@ -120,3 +120,23 @@ def test_fit_prior_command_writes_the_prior_into_the_model_folder(tiny_model_dir
                  "--components", "40", "--molecules", "200"]) == 0
     assert load_model(d, device="cpu").prior.n_components == 40
     assert main(["-q", "fit-prior", "--model", str(d), "--components", "0"]) == 1
+
+
+def test_sample_and_evaluate_commands_choose_the_prior(tiny_model_dir, tmp_path, fitted, capsys):
+    from molvae.cli import main
+    from molvae.generate import sample
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, d)
+    assert main(["-q", "sample", "--model", str(d), "-n", "20", "--prior", "fitted",
+                 "--out", str(tmp_path / "x.csv")]) == 1
+    assert "no fitted latent prior" in capsys.readouterr().err
+    fitted.save(d)
+    vae = load_model(d, device="cpu")
+    auto = sample(vae, 30, seed=0, properties=False, progress=False)
+    normal = sample(vae, 30, seed=0, properties=False, progress=False, prior="normal")
+    assert list(auto["selfies"]) != list(normal["selfies"])
+    assert list(sample(vae, 30, seed=0, properties=False, progress=False, prior="fitted")["selfies"]) \
+        == list(auto["selfies"])
+    assert main(["-q", "sample", "--model", str(d), "-n", "20", "--prior", "normal",
+                 "--out", str(tmp_path / "n.csv")]) == 0

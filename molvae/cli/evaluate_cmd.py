@@ -28,6 +28,9 @@ def register(sub, bench) -> None:
                    help="prior samples drawn from --model (default 30000, the MOSES protocol)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (with --model)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --model)")
+    p.add_argument("--prior", choices=["auto", "normal", "fitted"], default="auto",
+                   help="with --model: z from the model's fitted latent prior when it has one "
+                        "(auto), from N(0, I) (normal), or the fitted one (fitted)")
     p.add_argument("--samples-out", default=None,
                    help="with --model: also write the sampled molecules to this CSV")
     p.add_argument("--generated", default=None,
@@ -91,7 +94,7 @@ def cmd_evaluate(args) -> int:
                                  temperature=args.temperature, test=_reference(args.test),
                                  test_scaffolds=_reference(args.test_scaffolds),
                                  n_jobs=args.n_jobs, device=args.device,
-                                 samples_csv=args.samples_out)
+                                 samples_csv=args.samples_out, prior=args.prior)
         what = f"{args.n_samples} samples of {args.model or 'the default model'}"
     seconds = time.perf_counter() - t0
     print(format_table(metrics))

@@ -20,6 +20,9 @@ def register(sub, bench) -> None:
     p.add_argument("--out", default="samples.csv", help="CSV to write")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--greedy", action="store_true", help="most likely token instead of sampling")
+    p.add_argument("--prior", choices=["auto", "normal", "fitted"], default="auto",
+                   help="where z comes from: the model's fitted latent prior when it has one "
+                        "(auto, the default), N(0, I) (normal), or the fitted one (fitted)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", default=None,
                    help="training SMILES for the 'novel' column (default: the bundled MOSES sample)")
@@ -86,7 +89,7 @@ def cmd_sample(args) -> int:
     model = _load(args)
     train, src = _training_set(args.train)
     table = sample(model, args.n, greedy=args.greedy, temperature=args.temperature, seed=args.seed,
-                   training=train)
+                   training=train, prior=args.prior)
     table.to_csv(args.out, index=False)
     n = len(table)
     valid = int(table["valid"].sum())
