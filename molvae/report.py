@@ -989,84 +989,76 @@ def write_report(
     out = Path(out_path)
     top_n = max(1, int(top_n))
     sections: list[tuple[str, str, str]] = []
-    steps = ["settings", "optimization", "prior", "generated", "properties", "latent", "moses", "training"]
-    bar = _progress_bar(total=len(steps), desc="report", disable=not progress)
+    bar = _progress_bar(total=7, desc="report", disable=not progress)
+    clock = [time.perf_counter()]
 
-    def step(name: str, build) -> None:
-        # Each step is timed in the log (molvae -v), so a slow report says where its time went.
-        bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        build()
-        log.debug("report: %s in %.2f s", name, time.perf_counter() - t0)
+    def done(part: str) -> None:
+        # One tick per part, timed in the debug log (molvae -v): a slow report says where its time went.
+        now = time.perf_counter()
+        log.debug("report: %s in %.2f s", part, now - clock[0])
+        clock[0] = now
+        bar.set_postfix_str(part)
         bar.update(1)
 
     def add(sid: str, heading: str, content: str) -> None:
         if content.strip():  # an absent or empty section is left out, never shown blank
             sections.append((sid, heading, content))
 
-    step("settings", lambda: add("settings", "Run settings and provenance",
-                                 _section_settings(settings or {}, provenance or {})))
+    add("settings", "Run settings and provenance", _section_settings(settings or {}, provenance or {}))
+    done("settings")
 
-    opt_state: dict[str, Any] = {}
+    if optimization is not None and len(optimization):
+        if "smiles" not in optimization.columns:
+            raise MolvaeError("report: the molecules table has no 'smiles' column")
+        opt = _in_call_order(optimization)
+        multi = pareto_objectives is not None or "pareto" in opt.columns
+        objective_cols = _objective_columns(opt, pareto_objectives) if multi else []
+        front = None
+        if multi and len(objective_cols) >= 2:
+            vals = opt[objective_cols].apply(pd.to_numeric, errors="coerce").to_numpy()
+            front = _bool_column(opt["pareto"]) if "pareto" in opt.columns else pareto_front(vals)
+        elif "score" not in opt.columns and objective_cols:
+            opt = opt.assign(score=opt[objective_cols[0]])
+            objective_cols = []
+        add("best", "Best molecules", _section_best(opt, top_n, objective_cols, front))
+        done("best molecules")
+        single = front is None and prior is not None and len(prior) > 0
+        add("progress", "Optimization progress",
+            _section_progress(opt, optimization_summary, objective_cols, prior if single else None))
+        if front is not None:
+            add("pareto", "Pareto front", _section_pareto(opt, objective_cols, front))
+        if single:
+            add("prior", "Optimized vs prior samples", _section_prior(opt, prior, optimization_summary, prior_summary))
+    elif optimization_summary:
+        add("progress", "Optimization progress", _section_progress(pd.DataFrame(), optimization_summary, []))
+    done("optimization progress")
 
-    def optimization_sections() -> None:
-        if optimization is not None and len(optimization):
-            if "smiles" not in optimization.columns:
-                raise MolvaeError("report: the molecules table has no 'smiles' column")
-            opt = _in_call_order(optimization)
-            multi = pareto_objectives is not None or "pareto" in opt.columns
-            objective_cols = _objective_columns(opt, pareto_objectives) if multi else []
-            front = None
-            if multi and len(objective_cols) >= 2:
-                vals = opt[objective_cols].apply(pd.to_numeric, errors="coerce").to_numpy()
-                front = _bool_column(opt["pareto"]) if "pareto" in opt.columns else pareto_front(vals)
-            elif "score" not in opt.columns and objective_cols:
-                opt = opt.assign(score=opt[objective_cols[0]])
-                objective_cols = []
-            opt_state["opt"] = opt
-            add("best", "Best molecules", _section_best(opt, top_n, objective_cols, front))
-            add("progress", "Optimization progress",
-                _section_progress(opt, optimization_summary, objective_cols, prior if front is None else None))
-            if front is not None:
-                add("pareto", "Pareto front", _section_pareto(opt, objective_cols, front))
-        elif optimization_summary:
-            add("progress", "Optimization progress", _section_progress(pd.DataFrame(), optimization_summary, []))
+    generated_props = None
+    if samples is not None and len(samples):
+        add("generated", "Generated molecules", _section_generated(samples, top_n))
+        valid = _bool_column(samples["valid"]) if "valid" in samples.columns else np.ones(len(samples), bool)
+        good = samples[valid]
+        if "unique" in good.columns:
+            good = good[_bool_column(good["unique"])]
+        if all(p in good.columns for p in chem.MAIN_PROPERTIES):
+            generated_props = good[list(chem.MAIN_PROPERTIES)]
+        elif "smiles" in good.columns:
+            generated_props = _properties_of(_subsample(good["smiles"].dropna().astype(str), _MAX_PROPERTY_MOLECULES))
+    done("generated molecules")
+    training_props = training_properties if training_properties is not None and len(training_properties) else None
+    if training_props is None and training_smiles is not None and len(training_smiles):
+        training_props = _properties_of(_subsample(training_smiles, _MAX_PROPERTY_MOLECULES))
+    add("properties", "Property distributions", _section_properties(generated_props, training_props))
+    done("property distributions")
 
-    step("best molecules and progress", optimization_sections)
-    step("prior comparison", lambda: add("prior", "Optimized vs prior samples", _section_prior(
-        opt_state["opt"], prior, optimization_summary, prior_summary))
-        if "opt" in opt_state and prior is not None and len(prior) else None)
-
-    props: dict[str, pd.DataFrame | None] = {"generated": None, "training": None}
-
-    def generated() -> None:
-        if samples is not None and len(samples):
-            add("generated", "Generated molecules", _section_generated(samples, top_n))
-            valid = _bool_column(samples["valid"]) if "valid" in samples.columns else np.ones(len(samples), bool)
-            good = samples[valid]
-            if "unique" in good.columns:
-                good = good[_bool_column(good["unique"])]
-            if all(p in good.columns for p in chem.MAIN_PROPERTIES):
-                props["generated"] = good[list(chem.MAIN_PROPERTIES)]
-            elif "smiles" in good.columns:
-                props["generated"] = _properties_of(_subsample(good["smiles"].dropna().astype(str),
-                                                               _MAX_PROPERTY_MOLECULES))
-
-    def properties() -> None:
-        if training_properties is not None and len(training_properties):
-            props["training"] = training_properties
-        elif training_smiles is not None and len(training_smiles):
-            props["training"] = _properties_of(_subsample(training_smiles, _MAX_PROPERTY_MOLECULES))
-        add("properties", "Property distributions", _section_properties(props["generated"], props["training"]))
-
-    step("generated molecules", generated)
-    step("property distributions", properties)
-    step("latent map", lambda: add("latent", "Latent space", _section_latent(latent))
-         if latent is not None and latent.get("coords") is not None else None)
-    step("MOSES metrics", lambda: add("moses", "MOSES metrics", _section_moses(moses_metrics))
-         if moses_metrics else None)
-    step("training curves", lambda: add("training", "Training", _section_training(training_metrics))
-         if training_metrics is not None and len(training_metrics) else None)
+    if latent is not None and latent.get("coords") is not None:
+        add("latent", "Latent space", _section_latent(latent))
+    done("latent map")
+    if moses_metrics:
+        add("moses", "MOSES metrics", _section_moses(moses_metrics))
+    if training_metrics is not None and len(training_metrics):
+        add("training", "Training", _section_training(training_metrics))
+    done("training curves")
     bar.close()
 
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
