@@ -167,6 +167,7 @@ def test_sync_brings_the_local_copy_up_to_date(db_url, tmp_path):
     with b.lock():
         b.claim(["CCO"], [0])
     b.append(_scored(["CCO"]), EXTRA)
+    b.close()
     assert a.sync() == 1  # the last sync of a run: nothing written after it
     assert list(pd.read_csv(tmp_path / "molecules.csv")["smiles"]) == ["CCO"]
 
