@@ -505,7 +505,9 @@ class MolVAE:
         results = self._encode_many(smiles)
         for i, (ids, reason) in enumerate(results):
             if ids is None:
-                raise MolvaeError(f"molecule {i} ({smiles[i]!r}) cannot be encoded: {reason}")
+                from .chem import short
+
+                raise MolvaeError(f"molecule {i} ({short(smiles[i])}) cannot be encoded: {reason}")
         return self._encode_ids([ids for ids, _ in results], batch_size)
 
     def try_encode(self, smiles: Sequence[str], batch_size: int = 1024

@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -130,8 +130,11 @@ class LatentDensity:
         tmp = out / (PRIOR_WEIGHTS + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, out / PRIOR_WEIGHTS)
+        from .model import _json_safe
+
         meta = {"format": PRIOR_FORMAT, "kind": "gaussian_mixture", "covariance": self.covariance,
-                "n_components": self.n_components, "latent_dim": self.dim, "info": _json_safe(self.info)}
+                "n_components": self.n_components, "latent_dim": self.dim,
+                "info": _json_safe(json.loads(json.dumps(self.info, default=float)))}
         tmp = out / (PRIOR_JSON + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1, allow_nan=False))
         os.replace(tmp, out / PRIOR_JSON)
@@ -172,18 +175,6 @@ class LatentDensity:
 
 def has_prior(folder: str | os.PathLike) -> bool:
     return (Path(folder) / PRIOR_JSON).exists()
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
 
 
 def posterior_samples(model, smiles: Sequence[str], samples_per_molecule: int = 1,

@@ -175,7 +175,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
     if lead is not None:
         lead_std, reason = chem.standardize(lead)
         if lead_std is None:
-            raise MolvaeError(f"lead {lead!r}: {reason}")
+            raise MolvaeError(f"lead {chem.short(lead)}: {reason}")
         threshold = DEFAULT_SIMILARITY if similarity_threshold is None else similarity_threshold
         threshold = _numeric("similarity_threshold", threshold, 0.0)
         if threshold > 1:
@@ -216,7 +216,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         if lead_std is not None:
             mu, _, ok, reasons = model.try_encode([lead_std])
             if not ok[0]:
-                raise MolvaeError(f"lead {lead!r} cannot be encoded by this model: {reasons[0]}")
+                raise MolvaeError(f"lead {chem.short(lead)} cannot be encoded by this model: {reasons[0]}")
             space = trust_region(pca, mu[0].detach().cpu().double().numpy(), n_components, trust_radius)
         else:
             space = pca_space(pca, n_components, bound)
