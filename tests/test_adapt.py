@@ -190,3 +190,17 @@ def test_resume_refuses_damaged_adapted_weights(tiny_model, tmp_path):
     with pytest.raises(MolvaeError, match=state["weights"]):
         optimize(tiny_model, "qed", budget=40, batch_size=8, adapt="retrain", adapt_every=16, out_dir=out,
                  progress=False)
+
+
+def test_cli_adapt_flag_runs_rounds_and_records_them(tiny_model_dir, tmp_path, capsys):
+    from molvae.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["optimize", "--model", str(tiny_model_dir), "--objective", "qed", "--budget", "12",
+               "--batch-size", "4", "--adapt", "retrain", "--adapt-every", "8", "--out", str(out)])
+    assert rc == 0 and "molecules scored" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adapt"] == "retrain" and summary["adapt_oracle_calls"][0] == 8
+    run = json.loads((out / "run.json").read_text())
+    assert run["adapt"]["every"] == 8                  # a resume must adapt the same way
+    assert json.loads((out / "adapt" / "state.json").read_text())["oracle_calls"][0] == 8
