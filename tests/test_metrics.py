@@ -219,3 +219,17 @@ def test_evaluate_command_samples_a_model(tmp_path, tiny_model_dir, test_smiles,
     assert "Novelty" in result and "FCD/Test" in result  # novelty against the bundled training sample
     assert "reconstruction" in capsys.readouterr().out
     assert main(["evaluate", "--model", str(tiny_model_dir), "--generated", str(samples)]) == 1
+
+
+def test_quick_metrics_tell_data_from_junk_without_reference_fingerprints(train_smiles):
+    from molvae.metrics import quick_metrics
+
+    real = train_smiles[-600:]
+    junk = ["C" * (5 + i % 30) + "O" for i in range(590)] + [None] * 10
+    a = quick_metrics(real, train=train_smiles[:1000], device="cpu")
+    b = quick_metrics(junk, device="cpu")
+    assert a["valid"] == 1.0 and b["valid"] == pytest.approx(590 / 600)
+    assert a["FCD/Test"] < 5 < 20 < b["FCD/Test"]         # MOSES molecules vs alkanols
+    assert a["Novelty"] == 1.0 and "Novelty" not in b
+    assert a["unique@1000"] == 1.0 and b["unique@1000"] == pytest.approx(30 / 590)
+    assert 0.8 < a["IntDiv"] < 0.95 and a["Filters"] > 0.9

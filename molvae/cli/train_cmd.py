@@ -137,10 +137,10 @@ def _fit_prior(args: argparse.Namespace) -> int:
         model.prior = density
         table = compare_priors(model, args.compare, seed=args.seed, device=args.device)
         density.info["comparison"] = {"n_samples": args.compare, **table}
-        print(f"{'prior':<8} {'valid':>7} {'FCD/Test':>9} {'SNN/Test':>9} {'Filters':>8} {'novelty':>8}")
+        print(f"{'prior':<8} {'valid':>7} {'unique':>7} {'FCD/Test':>9} {'IntDiv':>7} {'Filters':>8} {'novelty':>8}")
         for name, m in table.items():
-            print(f"{name:<8} {m['valid']:>7.4f} {m['FCD/Test']:>9.3f} {m['SNN/Test']:>9.3f} "
-                  f"{m['Filters']:>8.3f} {m.get('Novelty', float('nan')):>8.3f}")
+            print(f"{name:<8} {m['valid']:>7.4f} {m['unique@1000']:>7.4f} {m['FCD/Test']:>9.3f} "
+                  f"{m['IntDiv']:>7.3f} {m['Filters']:>8.3f} {m.get('Novelty', float('nan')):>8.3f}")
         if not table["fitted"]["FCD/Test"] < table["normal"]["FCD/Test"]:
             print("the fitted prior does not lower FCD/Test: not saved (the model keeps N(0, I))")
             return 1
