@@ -29,20 +29,24 @@ continues as the killed run would have, and the ledger keeps every molecule scor
 
 The caller's model is never changed: the adapted weights live in a copy.
 
-*Measured* (shipped model, 1,000 calls, seeds 0 and 1, same run, AUC top-10; the defaults
-below, a round every 250 calls; 2-core CPU under a load of ~10):
+*Measured* (shipped model, seeds 0-2, same run and seeds for both, AUC top-10 at 1,000
+calls; the defaults below, a round every 250 calls; 2-core CPU under a load of ~10; each
+run ``optimize(load_model(), task, budget=1000, seed=s, adapt=a)`` with ``task`` a preset or
+``molvae.pmo.objective(name)``)::
 
     task                  CMA-ES          CMA-ES + retrain   wall s (of it adapting)
-    celecoxib             0.370 ± 0.029   0.380 ± 0.033       90 -> 194 (88)
-    penalized logP        3.14  ± 0.21    4.35  ± 0.35        88 -> 184 (78)
-    osimertinib MPO       0.740 ± 0.019   0.746 ± 0.006       84 -> 171 (69)
-    sitagliptin MPO       0.245 ± 0.024   0.292 ± 0.054       58 ->  99 (47)
-    zaleplon MPO          0.417 ± 0.012   0.426 ± 0.007       57 -> 132 (61)
+    celecoxib             0.370 ± 0.020   0.380 ± 0.023       75 -> 158 (72)
+    penalized logP        3.17  ± 0.16    4.15  ± 0.43        77 -> 153 (67)
+    osimertinib MPO       0.735 ± 0.016   0.742 ± 0.009       71 -> 134 (55)
+    sitagliptin MPO       0.261 ± 0.032   0.305 ± 0.044       54 ->  92 (43)
+    zaleplon MPO          0.413 ± 0.011   0.426 ± 0.005       51 -> 117 (54)
 
-Adaptation is ahead on every task's mean, by far on penalized logP (top-1 6.86 vs 4.58) and
-sitagliptin, within one sd of the seeds on the three similarity tasks; the four PMO tasks sum
-1.772 -> 1.844 (+4 %), far from the +25 % that would make it the default, at twice the wall
-time with a cheap oracle. So the default stays ``"none"``; with an expensive oracle
+Adaptation is ahead on every task's mean: by far on penalized logP (+31 %, top-1 6.68 vs
+4.50) and sitagliptin (+17 %), within about one sd of the seeds on the similarity tasks; the
+four PMO tasks sum 1.779 -> 1.853 (+4 %), far from the +25 % that would make it the default,
+at twice the wall time with a cheap oracle. At 10,000 calls (celecoxib, seed 0) it ends with
+a better top-10 (0.555 vs 0.512) but a lower AUC (0.480 vs 0.491), in 1,932 s against
+1,106 s (its 39 rounds took 1,071 s). So the default stays ``"none"``; with an expensive oracle
 (docking) the fine-tune's cost (20-40 s a round here) hardly counts. A prototype that also
 fine-tuned the encoder (and so re-fitted the PCA) and one that only re-centred the region
 without fine-tuning were no better on celecoxib (1 seed: 0.386 and 0.368 vs 0.373 for the
