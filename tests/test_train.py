@@ -249,3 +249,24 @@ def test_candidates_are_compared_by_quality_in_the_same_time(small_smiles, tmp_p
     assert rows[1]["decoder"] == "transformer"
     with pytest.raises(MolvaeError, match="unknown candidate"):
         T.benchmark_candidates(make_data(small_smiles[:112]), tmp_path, names=["nope"])
+
+
+def test_train_command_takes_a_time_budget(tmp_path, train_smiles):
+    from molvae.cli import main
+
+    from molvae.data import prepare
+
+    src = tmp_path / "m.smi"
+    src.write_text("\n".join(train_smiles[:120]) + "\n")
+    prepare(src, tmp_path / "prep", progress=False)
+    args = ["-q", "train", "--data", str(tmp_path / "prep"), "--out", str(tmp_path / "run"), "--epochs", "50",
+            "--threads", "1", "--device", "cpu", "--time-budget", "8", "--model-option", "embed_dim=16",
+            "--model-option", "enc_hidden=32", "--model-option", "dec_hidden=48",
+            "--model-option", "dec_layers=1", "--latent-dim", "8"]
+    assert main(args) == 0
+    state = json.loads((find_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert 0 < state["step"] and state["epoch"] < 50        # ended on its budget, not its epochs
+    assert main(args + ["--resume"]) == 0
+    again = json.loads((find_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert again["step"] > state["step"]
+    assert main(args[:-2] + ["--time-budget", "-5"]) == 1   # nonsense is refused

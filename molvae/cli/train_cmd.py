@@ -57,6 +57,10 @@ def _train(args: argparse.Namespace) -> int:
         settings["num_threads"] = args.threads
     if args.no_bf16:
         settings["bf16"] = False
+    if args.time_budget is not None:
+        settings["time_budget_s"] = args.time_budget
+    if args.plan_seconds is not None:
+        settings["plan_seconds"] = args.plan_seconds
     summary = train(args.data, args.out, TrainConfig.from_dict(settings), resume=args.resume)
     last = summary["last"] or {}
     print(f"{summary['status']}: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
@@ -169,6 +173,12 @@ def register(subparsers, bench) -> None:
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
     p.add_argument("--max-molecules", type=int, help="train on at most this many molecules")
     p.add_argument("--max-hours", type=float, help="stop after the epoch that passes this wall time")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="end this run on an exact (mid-epoch) checkpoint before SECONDS of wall time; "
+                        "--resume continues it")
+    p.add_argument("--plan-seconds", type=float, metavar="SECONDS",
+                   help="plan the LR/KL schedules for SECONDS of training in all (over several "
+                        "--time-budget runs); replaces --epochs")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
