@@ -272,3 +272,20 @@ def test_bf16_decoding_agrees_with_fp32_and_follows_weight_updates(tiny_model_di
     assert torch.allclose(second.output.bias.float(), bf16.module.output.bias, atol=1e-2)
     with pytest.raises(MolvaeError, match="precision"):
         MolVAE(fp32.module, fp32.vocab, "cpu", precision="fp16")
+
+
+def test_the_thread_notice_is_quiet_by_default(monkeypatch, caplog):
+    """Every command printed 'load average ...: using 1 torch CPU thread' on a busy machine;
+    it is a detail of the machine, logged at debug level (shown with -v)."""
+    import logging
+
+    from molvae import runtime
+
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with caplog.at_level(logging.INFO, logger="molvae"):
+        assert runtime.cpu_threads_for_busy_machine() == 1
+    assert "torch CPU thread" not in caplog.text
+    with caplog.at_level(logging.DEBUG, logger="molvae"):
+        runtime.cpu_threads_for_busy_machine()
+    assert "torch CPU thread" in caplog.text

@@ -45,6 +45,18 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive ``flock`` on ``<path>.lock`` (processes on one machine take turns)."""
+    fh = open(path.with_name(path.name + ".lock"), "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
 class MoleculeLog:
     """The dedup cache and its append-only file: every unique molecule scored, in oracle order.
 
@@ -92,13 +104,8 @@ class MoleculeLog:
         if self.path is None:
             yield
             return
-        fh = open(self.path.with_name(self.path.name + ".lock"), "a")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        with file_lock(self.path):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
 
     def _read_header(self) -> None:
         with open(self.path, "rb") as fh:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import json
 import logging
 import math
@@ -49,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import MolvaeError
-from .ledger import MoleculeLog, _coerce, _csv_field, _format
+from .ledger import MoleculeLog, _coerce, _csv_field, _format, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -496,7 +495,7 @@ class DbMoleculeLog(MoleculeLog):
         molecule it holds is in the ledger (a folder from another run is never overwritten)."""
         path = self.local
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(path):
+        with file_lock(path):
             if path.exists() and path.stat().st_size > 0:
                 with open(path, newline="") as fh:
                     reader = csv.reader(fh)
@@ -528,7 +527,7 @@ class DbMoleculeLog(MoleculeLog):
         the folder and append too: the file's own last oracle call decides)."""
         if self.local is None or self._written >= len(self.rows):
             return
-        with _flock(self.local):
+        with file_lock(self.local):
             have = _last_call(self.local)
             if have < len(self.rows):
                 with open(self.local, "a", newline="") as fh:
@@ -546,17 +545,6 @@ def _json_value(value: Any) -> Any:
 
 def _csv_line(row: list[Any]) -> str:
     return ",".join(_csv_field(_format(v)) for v in row) + "\n"
-
-
-@contextlib.contextmanager
-def _flock(path: Path):
-    fh = open(path.with_name(path.name + ".lock"), "a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
 
 
 def _last_call(path: Path) -> int:
