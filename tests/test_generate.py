@@ -178,3 +178,17 @@ def test_reconstruct_limit_must_be_positive(tiny_model_dir, tmp_path, capsys, tr
     src.write_text("\n".join(train_smiles[:5]) + "\n")
     assert main(["reconstruct", "--model", str(tiny_model_dir), str(src), "--limit", "-3"]) == 1
     assert "--limit" in capsys.readouterr().err
+
+
+def test_bench_decode_compares_both_paths_on_the_same_points(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "decode.json"
+    assert main(["bench", "decode", "--model", str(tiny_model_dir), "-n", "40", "--batch-sizes", "8,40",
+                 "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["batch_size"] for r in rows] == [8, 40]
+    assert all(r["identical"] and r["reference_per_s"] > 0 and r["fused_per_s"] > 0 for r in rows)
+    assert "speedup" in capsys.readouterr().out
+    for bad in (["-n", "0"], ["--batch-sizes", "-4"], ["-n", "10" * 20]):
+        assert main(["bench", "decode", "--model", str(tiny_model_dir), *bad]) == 1

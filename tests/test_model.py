@@ -27,15 +27,17 @@ def tiny_vae(smiles=SMILES, seed=0, **overrides) -> MolVAE:
 # ---------------------------------------------------------------------------- generation
 
 
-def test_generate_decodes_whole_batch_with_one_step_per_position():
+@pytest.mark.parametrize("fused", [False, True])
+def test_generate_decodes_whole_batch_with_one_step_per_position(fused):
     vae = tiny_vae()
     calls = []
     vae.module.decoder.register_forward_hook(lambda *a: calls.append(1))
     z = torch.randn(50, vae.latent_dim, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
-    ids = vae.module.generate(z, greedy=False, temperature=2.0, generator=gen)
+    ids = vae.module.generate(z, greedy=False, temperature=2.0, generator=gen, fused=fused)
     assert ids.shape[0] == 50 and ids.dtype == torch.long
-    assert len(calls) == ids.shape[1]  # one GRU call per position for all 50 rows
+    # one nn.GRU call per position for all 50 rows (the fused path steps the cell by hand)
+    assert len(calls) == (0 if fused else ids.shape[1])
     assert ids.shape[1] <= vae.vocab.seq_len - 1
     eos, pad = vae.vocab.eos_id, vae.vocab.pad_id
     finished_rows = 0
@@ -52,6 +54,32 @@ def test_generate_decodes_whole_batch_with_one_step_per_position():
     # The loop ran only as long as the longest row needed.
     lengths = [row.index(eos) + 1 if eos in row else len(row) for row in ids.tolist()]
     assert ids.shape[1] == max(lengths)
+
+
+def test_fused_decoding_gives_the_reference_tokens():
+    # The hand-stepped GRU (finished rows leave the batch) must decode exactly what nn.GRU
+    # step by step decodes: greedily token for token, and sampled from the same distribution.
+    vae = tiny_vae(dec_layers=2)
+    with torch.no_grad():  # a decoder whose rows end at many different steps
+        vae.module.output.bias[vae.vocab.eos_id] = 0.5
+    z = torch.randn(400, vae.latent_dim, generator=torch.Generator().manual_seed(0)) * 2
+    ref = vae.module.generate(z, fused=False)
+    fast = vae.module.generate(z)
+    assert torch.equal(ref, fast)
+    lengths = (ref != vae.vocab.pad_id).sum(1)
+    assert lengths.min() < lengths.max()  # the batch did shrink while decoding
+    for layers in (1, 3):
+        one = tiny_vae(dec_layers=layers)
+        assert torch.equal(one.module.generate(z, fused=False), one.module.generate(z))
+    # Sampling: same seed, same tokens; and the first-token frequencies of the two paths agree.
+    zs = torch.zeros(3000, vae.latent_dim)
+    a = vae.module.generate(zs, greedy=False, generator=torch.Generator().manual_seed(5))
+    b = vae.module.generate(zs, greedy=False, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    r = vae.module.generate(zs, greedy=False, generator=torch.Generator().manual_seed(6), fused=False)
+    fa = torch.bincount(a[:, 0], minlength=len(vae.vocab)).float() / len(zs)
+    fr = torch.bincount(r[:, 0], minlength=len(vae.vocab)).float() / len(zs)
+    assert (fa - fr).abs().max() < 0.05
 
 
 def test_generate_stops_as_soon_as_every_row_has_ended():

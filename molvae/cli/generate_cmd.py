@@ -60,6 +60,28 @@ def register(sub, bench) -> None:
     b.add_argument("--out", default=None, help="also write the figures as JSON")
     b.set_defaults(func=cmd_bench)
 
+    b = bench.add_parser("decode", help="greedy decoding speed: hand-stepped GRU vs nn.GRU, same run")
+    _add_model(b)
+    b.add_argument("-n", type=int, default=2048, help="latent points decoded per batch size")
+    b.add_argument("--batch-sizes", default="16,64,256", help="comma-separated (default 16,64,256)")
+    b.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the fastest counts")
+    b.add_argument("--out", default=None, help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench_decode)
+
+
+def cmd_bench_decode(args) -> int:
+    from ..generate import benchmark_decoding
+
+    sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    rows = benchmark_decoding(_load(args), args.n, sizes, repeats=args.repeats)
+    print(f"{'device':>8} {'batch':>6} {'nn.GRU mol/s':>13} {'fused mol/s':>12} {'speedup':>8} {'same tokens':>11}")
+    for r in rows:
+        print(f"{r['device']:>8} {r['batch_size']:>6} {r['reference_per_s']:>13,.0f} {r['fused_per_s']:>12,.0f} "
+              f"{r['speedup']:>7.2f}x {str(r['identical']):>11}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
 
 def _load(args):
     from ..model import load_model
