@@ -1138,14 +1138,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str) -> Objective:
-    """A named objective from :data:`PRESETS`, or ``similarity:<SMILES>`` (Morgan r2 bits)."""
+    """A named objective from :data:`PRESETS`, ``similarity:<SMILES>`` (Morgan r2 bits), or
+    ``pmo:<task>``, one of the PMO benchmark's tasks (:data:`molvae.pmo.TASK_NAMES`)."""
+    if isinstance(name, str) and name.startswith("pmo:"):
+        from . import pmo
+
+        return pmo.objective(name.partition(":")[2])
     if isinstance(name, str) and name.startswith("similarity:"):
         reference = name.partition(":")[2]
         return objective_from_dict({"component": [{"property": "similarity", "reference": reference}]},
                                    source=f"preset {name!r}")
     if name not in PRESETS:
         raise MolvaeError(f"unknown objective preset {name!r}{_suggest(name, list(PRESETS))}; valid: "
-                          f"{', '.join(PRESETS)}, similarity:<SMILES>, or a path to a .toml file")
+                          f"{', '.join(PRESETS)}, similarity:<SMILES>, pmo:<PMO task>, or a path to a .toml file")
     return objective_from_dict(PRESETS[name], source=f"preset {name!r}")
 
 
@@ -1164,7 +1169,7 @@ def as_objective(spec: Any, base_dir: str | Path | None = None, source: str = "o
         return objective_from_dict(spec, source=source, base_dir=base_dir, allow_code=allow_code)
     if isinstance(spec, (str, Path)):
         text = str(spec)
-        if isinstance(spec, str) and (text in PRESETS or text.startswith("similarity:")):
+        if isinstance(spec, str) and (text in PRESETS or text.startswith(("similarity:", "pmo:"))):
             return preset(text)
         path = Path(text)
         if not path.is_absolute() and base_dir is not None:

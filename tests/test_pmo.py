@@ -175,6 +175,22 @@ def test_a_pmo_task_is_an_objective_named_after_it():
     assert not table["feasible"].iloc[1]
 
 
+def test_pmo_tasks_are_objective_presets_for_optimize(tiny_model_dir, tmp_path, capsys):
+    from molvae.cli import main
+    from molvae.scoring import as_objective
+
+    table = as_objective("pmo:median1").score(["CC1(C)C2CCC1(C)C(=O)C2"])
+    assert table["median1"].iloc[0] == pytest.approx(0.4)
+    with pytest.raises(MolvaeError, match="unknown PMO task 'median9'"):
+        as_objective("pmo:median9")
+    with pytest.raises(MolvaeError, match="unknown PMO task ''"):
+        as_objective("pmo:")
+    out = tmp_path / "run"
+    assert main(["optimize", "--model", str(tiny_model_dir), "--objective", "pmo:qed", "--budget", "20",
+                 "--out", str(out)]) == 0
+    assert "qed" in (out / "molecules.csv").read_text().splitlines()[0]
+
+
 def test_unknown_task_names_the_valid_ones():
     with pytest.raises(MolvaeError, match="unknown PMO task 'drd2'.*median1"):
         pmo.oracle("drd2")

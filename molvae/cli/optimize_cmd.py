@@ -21,7 +21,8 @@ def register(sub, bench) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--objective", nargs="+", default=["qed"], metavar="PRESET_OR_TOML",
                    help="a preset (qed, penalized_logp, drug_like, celecoxib_rediscovery, "
-                        "similarity:SMILES, ...) or an objective TOML file; several = a Pareto search")
+                        "similarity:SMILES, pmo:TASK such as pmo:median1, ...) or an objective TOML "
+                        "file; several = a Pareto search")
     p.add_argument("--budget", type=int, default=1000, help="unique valid molecules to score (total)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help=f"default: {DEFAULT_SAMPLER} (nsga2 for several objectives)")
