@@ -120,6 +120,9 @@ class Pipeline:
     sample: SampleSection | None = None
     optimize: OptimizeSection | None = None
     report: ReportSection | None = None
+    # Whether the objective's module:function components may run: the person running the
+    # pipeline says so (molvae run --allow-code), never the file; not part of any stage's settings.
+    allow_code: bool = False
 
     def stages(self) -> list[str]:
         return [s for s in STAGES if getattr(self, s) is not None]
@@ -181,8 +184,11 @@ def _section(cls, raw: Any, where: str):
     return cls(**kwargs)
 
 
-def load_pipeline(path: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Pipeline:
-    """Read and validate a pipeline TOML file; raise MolvaeError naming file, section and key."""
+def load_pipeline(path: str | os.PathLike, run_dir: str | os.PathLike | None = None,
+                  allow_code: bool = False) -> Pipeline:
+    """Read and validate a pipeline TOML file; raise MolvaeError naming file, section and key.
+    ``allow_code``: let the objective run the ``module:function`` components it names (see
+    :mod:`molvae.scoring`; otherwise only modules listed in ``MOLVAE_ALLOW_CODE``)."""
     path = Path(path)
     if not path.exists():
         raise MolvaeError(f"{path}: pipeline file not found")
@@ -203,7 +209,8 @@ def load_pipeline(path: str | os.PathLike, run_dir: str | os.PathLike | None = N
     base = path.parent
     pipe = Pipeline(name=name, path=path,
                     run_dir=Path(run_dir or raw.get("run_dir") or Path("runs") / name),
-                    seed=raw.get("seed", 0), device=raw.get("device", "auto"), model=raw.get("model"))
+                    seed=raw.get("seed", 0), device=raw.get("device", "auto"), model=raw.get("model"),
+                    allow_code=bool(allow_code))
     for sec, cls in SECTIONS.items():
         if sec in raw:
             setattr(pipe, sec, _section(cls, raw[sec], f"{where} [{sec}]"))
@@ -258,9 +265,11 @@ def _check(pipe: Pipeline, base: Path, where: str) -> None:
     if opt is not None:
         try:
             if opt.objectives:
-                as_multi_objective(opt.objectives, base_dir=base, source=f"{where} [optimize] objectives")
+                as_multi_objective(opt.objectives, base_dir=base, source=f"{where} [optimize] objectives",
+                                   allow_code=pipe.allow_code)
             else:
-                as_objective(opt.objective, base_dir=base, source=f"{where} [optimize] objective")
+                as_objective(opt.objective, base_dir=base, source=f"{where} [optimize] objective",
+                             allow_code=pipe.allow_code)
         except MolvaeError as exc:
             msg = str(exc)
             raise MolvaeError(msg if str(where) in msg else f"{where} [optimize] objective: {msg}") from None
@@ -671,8 +680,8 @@ def _stage_optimize(pipe: Pipeline, d: Path, results: dict, progress: bool) -> d
     sec = pipe.optimize
     base = pipe.path.parent
     model = load_model(_model_path(pipe), device=pipe.device)
-    objective = (as_multi_objective(sec.objectives, base_dir=base) if sec.objectives
-                 else as_objective(sec.objective, base_dir=base))
+    objective = (as_multi_objective(sec.objectives, base_dir=base, allow_code=pipe.allow_code) if sec.objectives
+                 else as_objective(sec.objective, base_dir=base, allow_code=pipe.allow_code))
     kwargs = dict(budget=sec.budget, seed=pipe.seed, out_dir=d, start=sec.start, lead=sec.lead,
                   similarity_threshold=sec.min_similarity, scaffold=sec.scaffold,
                   time_limit=sec.time_limit, progress=progress)
@@ -759,10 +768,11 @@ STAGE_FUNCS = {"data": _stage_data, "train": _stage_train, "evaluate": _stage_ev
                "sample": _stage_sample, "optimize": _stage_optimize, "report": _stage_report}
 
 
-def _run_one(path: str, force: bool, progress: bool, run_dir: str | None = None) -> RunResult:
+def _run_one(path: str, force: bool, progress: bool, run_dir: str | None = None,
+             allow_code: bool = False) -> RunResult:
     t0 = time.perf_counter()
     try:
-        pipe = load_pipeline(path, run_dir)
+        pipe = load_pipeline(path, run_dir, allow_code=allow_code)
     except MolvaeError as exc:
         return RunResult(Path(path).stem, path, "invalid", time.perf_counter() - t0, str(exc))
     try:
@@ -778,16 +788,19 @@ def _run_one(path: str, force: bool, progress: bool, run_dir: str | None = None)
                          f"{type(exc).__name__}: {exc}", str(pipe.run_dir))
 
 
-def run_many(paths: list[str], force: bool = False, jobs: int = 1, progress: bool = True) -> list[RunResult]:
-    """Run several pipelines, in turn or ``jobs`` at a time; one failure does not stop the rest."""
+def run_many(paths: list[str], force: bool = False, jobs: int = 1, progress: bool = True,
+             allow_code: bool = False) -> list[RunResult]:
+    """Run several pipelines, in turn or ``jobs`` at a time; one failure does not stop the rest.
+    ``allow_code``: see :func:`load_pipeline`."""
     if jobs <= 1 or len(paths) <= 1:
-        return [_run_one(p, force, progress) for p in paths]
+        return [_run_one(p, force, progress, allow_code=allow_code) for p in paths]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn: each pipeline gets a clean interpreter (torch threads and forks do not mix).
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_run_one, paths, [force] * len(paths), [False] * len(paths)))
+        n = len(paths)
+        return list(pool.map(_run_one, paths, [force] * n, [False] * n, [None] * n, [allow_code] * n))
 
 
 def format_summary(results: list[RunResult]) -> str:

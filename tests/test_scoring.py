@@ -277,6 +277,10 @@ def planted(tmp_path, monkeypatch):
     (package / "planted.py").write_text(PLANTED.format(marker=str(marker)))
     monkeypatch.syspath_prepend(str(package))
     monkeypatch.delenv("MOLVAE_ALLOW_CODE", raising=False)
+    import sys
+
+    # A module imported by an earlier test would still point at that test's marker.
+    monkeypatch.delitem(sys.modules, "planted", raising=False)
     return marker
 
 
@@ -492,3 +496,24 @@ def test_python_api_is_checked_like_toml():
     assert obj(["bad"]) == [-1.0] and obj.source == "run.toml: [optimize]"
     multi = as_multi_objective({"a": "qed", "b": {"component": [{"property": "similarity", "reference": "CCO"}]}})
     assert multi.names == ["a", "b"] and multi(["CCO"])[0][1] == pytest.approx(1.0)
+
+
+def test_molvae_run_runs_a_pipelines_code_only_with_allow_code(tmp_path, planted, capsys):
+    # A pipeline file, like an objective file, may not run the code it names; the person running
+    # it allows it with `molvae run --allow-code` (the same flag as `molvae optimize`).
+    from molvae.cli import main
+
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(f'run_dir = "{tmp_path / "run"}"\n[optimize]\n'  # the shipped model
+                    'objective = { component = [{ property = "planted:score" }] }\n'
+                    'budget = 8\nbatch_size = 4\ncompare_prior = false\n')
+    assert main(["run", "--check", str(pipe)]) == 1
+    assert main(["run", str(pipe)]) == 1
+    assert "would run code" in capsys.readouterr().out
+    assert not planted.with_suffix(".imported").exists()
+    assert main(["run", "--check", "--allow-code", str(pipe)]) == 0
+    assert not planted.with_suffix(".called").exists()  # checking imports, scores nothing
+    assert main(["run", "--allow-code", str(pipe)]) == 0
+    assert planted.with_suffix(".called").exists()
+    scored = pd.read_csv(tmp_path / "run" / "optimize" / "molecules.csv")
+    assert len(scored) >= 1 and (scored["score"] == 1.0).all()

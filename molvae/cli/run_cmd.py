@@ -12,6 +12,9 @@ def register(sub, bench) -> None:
     p.add_argument("--force", action="store_true", help="redo every stage from scratch")
     p.add_argument("--jobs", type=int, default=1, help="pipelines run in parallel (default: in turn)")
     p.add_argument("--check", action="store_true", help="only validate the files")
+    p.add_argument("--allow-code", action="store_true",
+                   help="let the pipelines' objectives run the module:function components they name "
+                        "(a file alone may not run code; or list the modules in MOLVAE_ALLOW_CODE)")
     p.set_defaults(func=cmd_run)
 
     r = sub.add_parser("report", help="(re)build report.html for a run folder")
@@ -33,11 +36,12 @@ def cmd_run(args) -> int:
 
     if args.check:
         for path in args.pipelines:
-            pipe = load_pipeline(path)
+            pipe = load_pipeline(path, allow_code=args.allow_code)
             print(f"{path}: ok (stages: {', '.join(pipe.stages())}; run folder {pipe.run_dir})")
         return 0
     quiet = os.environ.get("MOLVAE_QUIET") == "1"
-    results = run_many(args.pipelines, force=args.force, jobs=args.jobs, progress=not quiet)
+    results = run_many(args.pipelines, force=args.force, jobs=args.jobs, progress=not quiet,
+                       allow_code=args.allow_code)
     for r in results:
         if r.status != "ok":
             continue
