@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reinvent_decoder import seq_logp  # noqa: E402
 torch.set_num_threads(2)
 
-def run(task, budget, seed, pop=32, sigma=500., lr=5e-4, replay=24, greedy=False, temp=1.0, rl=True, k=16, bound=3.0, updates=1, restart=True, dupzero=True):
+def run(task, budget, seed, pop=32, sigma=500., lr=5e-4, replay=24, greedy=False, temp=1.0, rl=True, k=16, bound=3.0, updates=1, restart=True, dupzero=True, scaffold_cap=0):
+    buckets = {}
     rng = np.random.default_rng(seed); torch.manual_seed(seed)
     model = load_model(); oracle = pmo.oracle(task)
     prior = model.module; prior.eval()
@@ -46,6 +47,17 @@ def run(task, budget, seed, pop=32, sigma=500., lr=5e-4, replay=24, greedy=False
         newset = set(new)
         score = [seen.get(s, 0.0) if s else 0.0 for s in smiles]
         rlscore = [v if (s in newset or not dupzero) else 0.0 for s, v in zip(smiles, score)]
+        if scaffold_cap:  # REINVENT's scaffold memory: a crowded scaffold earns nothing
+            from rdkit.Chem.Scaffolds import MurckoScaffold
+            for i, s in enumerate(smiles):
+                if s in newset:
+                    try:
+                        key = MurckoScaffold.MurckoScaffoldSmiles(s)
+                    except Exception:
+                        key = s
+                    buckets[key] = buckets.get(key, 0) + 1
+                    if buckets[key] > scaffold_cap:
+                        rlscore[i] = 0.0
         cma.tell([(x, -v) for x, v in zip(X, score)])
         stall = 0 if new else stall + 1
         if restart and (cma.should_stop() or stall > 10):
