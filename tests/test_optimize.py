@@ -580,3 +580,23 @@ def test_bench_optimize_table_and_resume(fake, tmp_path, monkeypatch):
     benchmark.benchmark_optimize(fake, tasks=["qed"], samplers=["random"], seeds=1, budgets=[24],
                                  batch_size=4, out=out, progress=False)
     assert len(calls) == 1
+
+
+def test_bench_optimize_compares_a_sampler_with_its_adapting_self(fake, tmp_path, monkeypatch):
+    from molvae import benchmark
+
+    with pytest.raises(MolvaeError, match=r"unknown method 'cmaes\+magic'.*cmaes\+retrain"):
+        benchmark.benchmark_optimize(fake, tasks=["qed"], samplers=["cmaes", "cmaes+magic"], seeds=1,
+                                     budgets=[24], out=tmp_path / "x.md", progress=False)
+    with pytest.raises(MolvaeError, match="unknown method 'cmaez'"):
+        benchmark.benchmark_optimize(fake, tasks=["qed"], samplers=["cmaez"], seeds=1, budgets=[24],
+                                     progress=False)
+    assert not (tmp_path / "x.runs.jsonl").exists()  # refused before any run
+    calls = []
+    real = benchmark.optimize
+    monkeypatch.setattr(benchmark, "optimize", lambda *a, **k: calls.append(k) or real(*a, **k))
+    result = benchmark.benchmark_optimize(fake, tasks=["qed"], samplers=["cmaes", "cmaes+retrain"], seeds=1,
+                                          budgets=[24], batch_size=8, progress=False)
+    assert [(c["sampler"], c["adapt"]) for c in calls] == [("cmaes", "none"), ("cmaes", "retrain")]
+    assert set(result.runs["method"]) == {"prior", "cmaes", "cmaes+retrain"}
+    assert (result.runs["oracle_calls"] == 24).all()

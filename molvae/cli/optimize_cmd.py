@@ -69,7 +69,8 @@ def register(sub, bench) -> None:
     b.add_argument("--suite", choices=["pmo"], default=None,
                    help="pmo: the 20 PMO tasks that need no downloaded classifier (TDC's oracle "
                         "definitions), summed and shown beside published results")
-    b.add_argument("--samplers", default="tpe,cmaes,gp,random", help="comma-separated samplers")
+    b.add_argument("--samplers", default="tpe,cmaes,gp,random",
+                   help="comma-separated samplers; SAMPLER+ADAPT (cmaes+retrain) adds model adaptation")
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--budgets", default="1000,10000", help="comma-separated oracle budgets")
     b.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
