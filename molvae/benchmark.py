@@ -186,7 +186,7 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
                        n_components: int | None = None, constrained_molecules: int = 100,
                        constrained_budget: int = 100, constrained_samplers: Sequence[str] | None = None,
                        time_limit: float | None = None, out: str | os.PathLike | None = None,
-                       progress: bool = True, suite: str | None = None) -> BenchResult:
+                       progress: bool = True, suite: str | None = None, jobs: int = 1) -> BenchResult:
     """Run the benchmark; write ``out`` (Markdown) and the per-run CSV beside it.
 
     ``constrained_samplers`` defaults to the default sampler and ``random`` (the per-molecule
@@ -194,6 +194,10 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
 
     A method ``SAMPLER+ADAPT`` (``cmaes+retrain``) runs the sampler with model adaptation
     (:mod:`molvae.optimize.adapt`), so the table compares the two in the same run.
+
+    ``jobs`` > 1 runs that many (task, seed, method) runs at once, each in its own process
+    with ``cores / jobs`` threads (the runs are independent; figures are the same as run one
+    by one, wall times are not comparable across ``jobs``). Constrained tasks run serially.
 
     ``suite="pmo"`` runs the PMO tasks (:data:`SUITES`) instead of :data:`TASKS`; ``tasks``
     then picks among them (default: all 20).
@@ -214,7 +218,10 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
     if constrained_samplers is None:
         constrained_samplers = list(dict.fromkeys([DEFAULT_SAMPLER, "random"]))
     for method in samplers:
-        _split_method(method)  # a misspelt method fails before hours of runs, not after
+        if method != "prior":
+            _split_method(method)  # a misspelt method fails before hours of runs, not after
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise MolvaeError(f"bench optimize: jobs must be a positive integer, got {jobs!r}")
     n_components = n_components or min(DEFAULT_COMPONENTS, model.latent_dim)
     settings = {"model": model_fingerprint(model), "batch_size": batch_size, "n_components": n_components,
                 "time_limit": time_limit, "constrained_molecules": constrained_molecules,
@@ -222,7 +229,7 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
     if suite:  # its task names must never pick up runs of a same-named task outside the suite
         settings["suite"] = suite
     done = _Checkpoint(Path(out).with_suffix(".runs.jsonl") if out is not None else None, settings)
-    runs, constrained = [], []
+    runs, constrained, pending = [], [], []
     started = time.perf_counter()
     for name in tasks:
         task = TASKS[name] if not suite else Task(name, name, pmo.TASKS[name].description)
@@ -259,19 +266,17 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
                 for method in dict.fromkeys(["prior", *samplers]):  # prior sampling always runs, once
                     if (row := done.get(name, method, budget, seed)) is not None:
                         runs.append(row)
-                        continue
-                    if method == "prior":
-                        s = sample_prior_baseline(model, objective, budget=budget, seed=seed,
-                                                  time_limit=time_limit, progress=progress).attrs["summary"]
+                    elif jobs > 1:
+                        pending.append((name, method, budget, seed))
                     else:
-                        sampler, adapt = _split_method(method)
-                        s = optimize(model, objective, budget=budget, sampler=sampler, seed=seed,
-                                     batch_size=batch_size, n_components=n_components, time_limit=time_limit,
-                                     progress=progress, adapt=adapt).attrs["summary"]
-                    runs.append(_summary_row(name, method, budget, seed, s))
-                    done.add(name, method, budget, seed, runs[-1])
-                    log.info("%s %s budget %d seed %d: AUC top-10 %.4f", name, method, budget, seed,
-                             s["auc_top10"])
+                        s = _one_run(model, objective, method, budget, seed, batch_size, n_components,
+                                     time_limit, progress)
+                        runs.append(_finished(done, name, method, budget, seed, s))
+    if pending:
+        runs += _run_parallel(model, pending, jobs, done, suite, batch_size, n_components, time_limit, progress)
+        key = {(t, m, b, s): i for i, (t, m, b, s) in enumerate(
+            (t, m, b, s) for t in tasks for b in budgets for s in range(seeds) for m in dict.fromkeys(["prior", *samplers]))}
+        runs.sort(key=lambda r: key.get((r["task"], r["method"], r["budget"], r["seed"]), -1))
     runs_df = pd.DataFrame(runs, columns=RUN_COLUMNS)
     table = _aggregate(runs_df)
     cons_df = pd.DataFrame(constrained)
@@ -291,6 +296,88 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
         if len(cons_df):
             cons_df.to_csv(out.with_name(out.stem + "_constrained.csv"), index=False)
     return BenchResult(runs_df, table, cons_df, md)
+
+
+def _one_run(model, objective, method: str, budget: int, seed: int, batch_size: int, n_components: int,
+             time_limit: float | None, progress: bool) -> dict:
+    """One benchmark run's summary: prior sampling, or a sampler (with its adaptation)."""
+    if method == "prior":
+        return sample_prior_baseline(model, objective, budget=budget, seed=seed, time_limit=time_limit,
+                                     progress=progress).attrs["summary"]
+    sampler, adapt = _split_method(method)
+    return optimize(model, objective, budget=budget, sampler=sampler, seed=seed, batch_size=batch_size,
+                    n_components=n_components, time_limit=time_limit, progress=progress,
+                    adapt=adapt).attrs["summary"]
+
+
+def _finished(done: _Checkpoint, name: str, method: str, budget: int, seed: int, s: dict) -> dict:
+    row = _summary_row(name, method, budget, seed, s)
+    done.add(name, method, budget, seed, row)
+    log.info("%s %s budget %d seed %d: AUC top-10 %.4f", name, method, budget, seed, s["auc_top10"])
+    return row
+
+
+def _task_objective(name: str, suite: str | None):
+    return pmo.objective(name) if suite else TASKS[name].objective
+
+
+_WORKER_MODEL = None
+
+
+def _worker_init(payload: tuple, threads: int, pca_molecules: int) -> None:
+    """A benchmark worker: the parent's model (sent as a CPU copy), its own share of threads."""
+    import torch
+
+    from .model import MolVAE
+    from .optimize import region
+
+    global _WORKER_MODEL
+    torch.set_num_threads(threads)
+    region.PCA_MOLECULES = pca_molecules  # the parent's setting, so both use one PCA
+    module, vocab, device, metadata, prior = payload
+    _WORKER_MODEL = MolVAE(module, vocab, device, metadata=metadata)
+    _WORKER_MODEL.prior = prior
+
+
+def _worker_run(job: tuple, suite: str | None, batch_size: int, n_components: int,
+                time_limit: float | None) -> tuple[tuple, dict]:
+    name, method, budget, seed = job
+    s = _one_run(_WORKER_MODEL, _task_objective(name, suite), method, budget, seed, batch_size,
+                 n_components, time_limit, False)
+    return job, s
+
+
+def _run_parallel(model, pending: list[tuple], jobs: int, done: _Checkpoint, suite: str | None,
+                  batch_size: int, n_components: int, time_limit: float | None, progress: bool) -> list[dict]:
+    """The pending runs in ``jobs`` spawned processes; each finished run is checkpointed here,
+    in the parent, as it arrives (so an interrupted benchmark resumes as a serial one does)."""
+    import copy
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from .optimize import fit_latent_pca, region
+
+    fit_latent_pca(model)  # once, into the cache the workers read
+    payload = (copy.deepcopy(model.module).to("cpu"), model.vocab, str(model.device), model.metadata,
+               model.prior)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    rows = []
+    bar_ = _progress_bar(len(pending), progress)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=mp.get_context("spawn"),
+                             initializer=_worker_init, initargs=(payload, threads, region.PCA_MOLECULES)) as pool:
+        futures = [pool.submit(_worker_run, job, suite, batch_size, n_components, time_limit) for job in pending]
+        for fut in as_completed(futures):
+            (name, method, budget, seed), s = fut.result()
+            rows.append(_finished(done, name, method, budget, seed, s))
+            bar_.update(1)
+    bar_.close()
+    return rows
+
+
+def _progress_bar(total: int, show: bool):
+    from .progress import progress as bar
+
+    return bar(total=total, desc="bench runs", disable=not show)
 
 
 class _Checkpoint:

@@ -8,6 +8,7 @@ target(s), the best of the first 2,000 bundled MOSES training molecules on that 
 common drugs, and for isomers, valsartan and the hops a few written to hit the task.
 """
 
+import pandas as pd
 import pytest
 
 from molvae import pmo
@@ -236,6 +237,25 @@ def test_bench_optimize_pmo_suite_on_two_tasks(tiny_model_dir, tmp_path, capsys)
     pd.testing.assert_frame_equal(again, runs)
     with pytest.raises(SystemExit):
         main(["bench", "optimize", "--suite", "guacamol"])
+
+
+def test_bench_runs_in_parallel_give_the_serial_figures(tiny_model_dir, tmp_path):
+    # --jobs: the runs are independent, so N processes must give what one process gives, and
+    # every run is checkpointed by the parent (an interrupted parallel benchmark resumes).
+    from molvae.benchmark import benchmark_optimize
+    from molvae.model import load_model
+
+    model = load_model(tiny_model_dir, device="cpu")
+    kw = dict(tasks=["median1", "isomers_c7h8n2o2"], samplers=["cmaes"], seeds=2, budgets=[12],
+              batch_size=6, suite="pmo", progress=False)
+    serial = benchmark_optimize(model, out=tmp_path / "serial.md", **kw).runs
+    parallel = benchmark_optimize(model, out=tmp_path / "parallel.md", jobs=2, **kw).runs
+    figures = ["task", "method", "budget", "seed", "oracle_calls", "top1", "top10_mean", "auc_top10"]
+    assert len(serial) == 8
+    pd.testing.assert_frame_equal(parallel[figures], serial[figures])
+    assert len((tmp_path / "parallel.runs.jsonl").read_text().splitlines()) == 8
+    with pytest.raises(MolvaeError, match="jobs must be a positive integer"):
+        benchmark_optimize(model, jobs=0, **kw)
 
 
 def test_bench_suite_rejects_tasks_outside_it():

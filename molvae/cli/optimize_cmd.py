@@ -80,6 +80,9 @@ def register(sub, bench) -> None:
                    help="starting molecules of the similarity-constrained task")
     b.add_argument("--constrained-budget", type=int, default=100, help="oracle calls per starting molecule")
     b.add_argument("--time-limit", type=float, default=None, help="per run, seconds (slow samplers)")
+    b.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process with cores/JOBS threads (default 1; "
+                        "same figures, wall times not comparable across --jobs)")
     b.add_argument("--out", default="bench_optimize.md",
                    help="Markdown table; a .csv is written beside it, and each finished run goes to "
                         "OUT.runs.jsonl as it ends, so re-running the same command resumes")
@@ -155,7 +158,7 @@ def cmd_bench(args) -> int:
                                 batch_size=args.batch_size, n_components=args.components,
                                 constrained_molecules=args.constrained_molecules,
                                 constrained_budget=args.constrained_budget, time_limit=args.time_limit,
-                                out=args.out, suite=args.suite)
+                                out=args.out, suite=args.suite, jobs=args.jobs)
     print(result.markdown)
     print(f"\nwritten to {args.out} and {Path(args.out).with_suffix('.csv')}")
     return 0
