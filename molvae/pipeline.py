@@ -97,6 +97,8 @@ class OptimizeSection:
     scaffold: str | None = None         # SMARTS the optimized molecules must contain
     time_limit: float | None = None     # seconds
     compare_prior: bool = True          # also score the same budget of prior samples
+    adapt: str | None = None            # "retrain": fine-tune the model during the search (None/"none": off)
+    adapt_every: int | None = None      # oracle calls between adaptations (default AdaptConfig.every)
 
 
 @dataclass
@@ -295,6 +297,32 @@ def _check(pipe: Pipeline, base: Path, where: str) -> None:
             opt.objective = str(base / opt.objective)
         if opt.min_similarity is not None and not 0 <= opt.min_similarity <= 1:
             raise MolvaeError(f"{where} [optimize] min_similarity: must be in [0, 1]")
+        _check_adapt(opt, where)
+
+
+def _check_adapt(opt: OptimizeSection, where: str) -> None:
+    from .optimize import ADAPT_METHODS, DEFAULT_SAMPLER
+    from .optimize.adapt import adapt_config
+
+    if opt.adapt is not None and opt.adapt.lower() not in ADAPT_METHODS:
+        raise MolvaeError(f"{where} [optimize] adapt: '{opt.adapt}' is not one of {', '.join(ADAPT_METHODS)}"
+                          f"{_suggest(opt.adapt.lower(), ADAPT_METHODS)}")
+    off = opt.adapt is None or opt.adapt.lower() == "none"
+    if opt.adapt_every is not None:
+        if off:
+            raise MolvaeError(f"{where} [optimize] adapt_every: set without adapt; add adapt = \"retrain\" "
+                              "or remove adapt_every")
+        if opt.adapt_every < 1:
+            raise MolvaeError(f"{where} [optimize] adapt_every: must be >= 1")
+    if off:
+        return
+    if opt.objectives:
+        raise MolvaeError(f"{where} [optimize] adapt: model adaptation searches one objective; give "
+                          "objective instead of objectives, or remove adapt")
+    try:
+        adapt_config(opt.adapt, opt.adapt_every, (opt.sampler or DEFAULT_SAMPLER).lower(), False, 1)
+    except MolvaeError as exc:
+        raise MolvaeError(f"{where} [optimize] adapt: {exc}") from None
 
 
 # ---------------------------------------------------------------------------- settings used
@@ -334,6 +362,15 @@ def _resolved(pipe: Pipeline, d: dict) -> dict:
             o["min_similarity"] = opt_mod.DEFAULT_SIMILARITY
         if multi:
             o["compare_prior"] = False  # the prior baseline is single-objective only
+        if o["adapt"] is None or o["adapt"].lower() == "none":
+            # Off: left out of the settings, so run folders made before the key existed (and
+            # their stage hashes) stay valid.
+            del o["adapt"], o["adapt_every"]
+        else:
+            from .optimize.adapt import AdaptConfig
+            o["adapt"] = o["adapt"].lower()
+            if o["adapt_every"] is None:
+                o["adapt_every"] = AdaptConfig.every
     return d
 
 
@@ -689,6 +726,8 @@ def _stage_optimize(pipe: Pipeline, d: Path, results: dict, progress: bool) -> d
         kwargs["sampler"] = sec.sampler
     if sec.batch_size:
         kwargs["batch_size"] = sec.batch_size
+    if sec.adapt:
+        kwargs.update(adapt=sec.adapt, adapt_every=sec.adapt_every)
     table = optimize(model, objective, **kwargs)
     info = {"molecules": str(d / "molecules.csv"), "best": float(table["score"].max()) if len(table) and "score" in table else None}
     summary_path = d / "summary.json"

@@ -57,6 +57,12 @@ def small_file(tmp_path_factory, train_smiles):
     ("[train]\nepochs = 1\n", r"\[train\]: needs a \[data\] section"),
     ("[data]\n[train]\nmodel = { dec_hiden = 8 }\n", r"\[train\] model: unknown key 'dec_hiden' \(did you mean 'dec_hidden'\?\)"),
     ("[sample]\nn = 5\n[report]\nlatent_propery = 'qed'\n", r"\[report\]: unknown key 'latent_propery'"),
+    ("[optimize]\nadapt = 'retrian'\n", r"\[optimize\] adapt: 'retrian' is not one of none, retrain \(did you mean 'retrain'\?\)"),
+    ("[optimize]\nadapt = 'retrain'\nadapt_every = 0\n", r"\[optimize\] adapt_every: must be >= 1"),
+    ("[optimize]\nadapt_every = 100\n", r"\[optimize\] adapt_every: set without adapt"),
+    ("[optimize]\nadapt = 'retrain'\nsampler = 'tpe'\n", r"\[optimize\] adapt: .*suits cmaes and random, not 'tpe'"),
+    ("[optimize]\nadapt = 'retrain'\nobjectives = { a = 'qed', b = 'logp' }\n", r"\[optimize\] adapt: .*one objective"),
+    ("[optimize]\nadapt = 7\n", r"\[optimize\]\.adapt: expected str"),
 ])
 def test_validation_errors_name_file_section_and_key(tmp_path, body, message):
     path = write(tmp_path / "bad.toml", body)
@@ -218,6 +224,36 @@ def test_edited_stage_reruns_and_unchanged_stages_are_kept(tmp_path, tiny_model_
     assert "cmaes" in settings                                   # the sampler the stage used
     assert 'id="prior"' in html and (run / "optimize" / "prior" / "summary.json").exists()
     assert (run / "report" / "training_properties.csv").exists()
+
+
+def test_optimize_stage_adapts_the_model_and_old_run_folders_stay_complete(tmp_path, tiny_model_dir):
+    """[optimize] adapt = "retrain" runs rounds of model adaptation (their weights in the stage
+    folder); a run folder made before the key existed is not re-run when the file says
+    adapt = "none", the value it ran with."""
+    from molvae.pipeline import run_pipeline
+
+    run = tmp_path / "run"
+    path = tmp_path / "p.toml"
+    body = STALE_PIPE.format(run=run, model=tiny_model_dir, objective="qed")
+    write(path, body)
+    run_pipeline(load_pipeline(path), progress=False)
+    stamp = (run / "optimize" / "DONE").stat().st_mtime_ns
+
+    write(path, body.replace('budget = 12', 'budget = 12\nadapt = "none"'))
+    run_pipeline(load_pipeline(path), progress=False)
+    assert (run / "optimize" / "DONE").stat().st_mtime_ns == stamp
+    assert "[optimize] already complete" in (run / "run.log").read_text().split("pipeline p ")[-1]
+
+    write(path, body.replace('budget = 12', 'budget = 12\nadapt = "retrain"\nadapt_every = 6'))
+    run_pipeline(load_pipeline(path), progress=False)
+    third = (run / "run.log").read_text().split("pipeline p ")[-1]
+    assert "[optimize] settings changed: adapt" in third
+    summary = json.loads((run / "optimize" / "summary.json").read_text())
+    assert summary["adapt"] == "retrain" and summary["adapt_rounds"] >= 1
+    state = json.loads((run / "optimize" / "adapt" / "state.json").read_text())
+    assert (run / "optimize" / "adapt" / state["weights"]).exists()
+    config = json.loads((run / "config.json").read_text())["optimize"]
+    assert config["adapt"] == "retrain" and config["adapt_every"] == 6
 
 
 def test_retrained_model_reruns_the_stages_that_read_it(tmp_path, small_file):

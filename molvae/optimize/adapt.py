@@ -277,8 +277,12 @@ class Adapter:
                              "seconds": round(time.perf_counter() - t, 2)})
         if self.dir is not None:
             self._save(space)
-        log.info("adaptation round %d at oracle call %d: loss %.2f, %.0f mol/s, %.1f s", self.round,
-                 len(mlog), fit["loss"], fit["molecules_per_s"], time.perf_counter() - t)
+        if math.isfinite(fit["loss"]):
+            log.info("adaptation round %d at oracle call %d: loss %.2f, %.0f mol/s, %.1f s", self.round,
+                     len(mlog), fit["loss"], fit["molecules_per_s"], time.perf_counter() - t)
+        else:
+            log.info("adaptation round %d at oracle call %d: no scored molecule fits the model's "
+                     "vocabulary and length, weights unchanged", self.round, len(mlog))
         return space
 
     def _region(self, smiles: list[str], scores: np.ndarray, space: SearchSpace) -> SearchSpace:
