@@ -95,6 +95,10 @@ class AdaptConfig:
     rank_k: float = 1e-3          # Tripp et al.'s k in 1 / (k N + rank)
     radius: float = 2.0           # half-width of the next region, sd of the encoded data
     decoder_only: bool = True
+    # The unadapted search runs until its best has not improved for this many calls (or it
+    # stalls), and adaptation starts there: CMA-ES climbs fastest unadapted, then stops where
+    # the decoder's reach ends. None: the first adaptation comes after ``every`` calls.
+    after_plateau: int | None = 1000
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -103,6 +107,9 @@ class AdaptConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise MolvaeError(f"adapt {name} must be a positive integer, got {v!r}")
+        v = self.after_plateau
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise MolvaeError(f"adapt after_plateau must be a positive integer or None, got {v!r}")
         for name in ("lr", "rank_k", "radius"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -257,7 +264,10 @@ class Adapter:
     # ---------------------------------------------------------------- one adaptation
 
     def next_call(self, budget: int) -> int:
-        """The oracle call at which the next adaptation is due."""
+        """The oracle call at which the next adaptation is due (with ``after_plateau``, the
+        first one is due at the plateau: the budget bounds round 0)."""
+        if not self.calls and self.config.after_plateau is not None:
+            return budget
         return min(budget, (self.calls[-1] if self.calls else 0) + self.config.every)
 
     def adapt(self, mlog: MoleculeLog, space: SearchSpace) -> SearchSpace:
@@ -353,14 +363,21 @@ def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
     total.time["adapt"] = 0.0
     if adapter.round > 0:
         study.sampler = new_sampler(space, adapter.round)
+    plateau = adapter.config.after_plateau
     while True:
         until = adapter.next_call(settings.budget)
+        waiting = adapter.round == 0 and plateau is not None
+        patience = settings.patience
+        if waiting:  # round 0 ends at the plateau (the user's patience, if shorter, ends the run)
+            patience = plateau if patience is None else min(patience, plateau)
         stats, reason = _search(adapter.model, _OptunaProposer(study, space, mirror), scorer, mlog,
-                                dataclasses.replace(settings, budget=until), 0, time_offset, started)
+                                dataclasses.replace(settings, budget=until, patience=patience), 0,
+                                time_offset, started)
         total.merge(stats)
         if len(mlog) >= settings.budget:
             return total, "budget"
-        if not (reason == "budget" or (reason == "stalled" and stats.new > 0)):
+        at_plateau = waiting and reason == "patience" and (settings.patience is None or plateau < settings.patience)
+        if not (reason == "budget" or at_plateau or (reason == "stalled" and stats.new > 0)):
             return total, reason
         t = time.perf_counter()
         space = adapter.adapt(mlog, space)
