@@ -99,6 +99,7 @@ class OptimizeSection:
     compare_prior: bool = True          # also score the same budget of prior samples
     adapt: str | None = None            # "retrain": fine-tune the model during the search (None/"none": off)
     adapt_every: int | None = None      # oracle calls between adaptations (default AdaptConfig.every)
+    adapt_after_plateau: int | None = None  # start once the best is this old (default AdaptConfig's; 0: at once)
 
 
 @dataclass
@@ -308,19 +309,23 @@ def _check_adapt(opt: OptimizeSection, where: str) -> None:
         raise MolvaeError(f"{where} [optimize] adapt: '{opt.adapt}' is not one of {', '.join(ADAPT_METHODS)}"
                           f"{_suggest(opt.adapt.lower(), ADAPT_METHODS)}")
     off = opt.adapt is None or opt.adapt.lower() == "none"
-    if opt.adapt_every is not None:
+    for key, low in (("adapt_every", 1), ("adapt_after_plateau", 0)):
+        value = getattr(opt, key)
+        if value is None:
+            continue
         if off:
-            raise MolvaeError(f"{where} [optimize] adapt_every: set without adapt; add adapt = \"retrain\" "
-                              "or remove adapt_every")
-        if opt.adapt_every < 1:
-            raise MolvaeError(f"{where} [optimize] adapt_every: must be >= 1")
+            raise MolvaeError(f"{where} [optimize] {key}: set without adapt; add adapt = \"retrain\" "
+                              f"or remove {key}")
+        if value < low:
+            raise MolvaeError(f"{where} [optimize] {key}: must be >= {low}")
     if off:
         return
     if opt.objectives:
         raise MolvaeError(f"{where} [optimize] adapt: model adaptation searches one objective; give "
                           "objective instead of objectives, or remove adapt")
     try:
-        adapt_config(opt.adapt, opt.adapt_every, (opt.sampler or DEFAULT_SAMPLER).lower(), False, 1)
+        adapt_config(opt.adapt, opt.adapt_every, (opt.sampler or DEFAULT_SAMPLER).lower(), False, 1,
+                     opt.adapt_after_plateau)
     except MolvaeError as exc:
         raise MolvaeError(f"{where} [optimize] adapt: {exc}") from None
 
@@ -365,12 +370,14 @@ def _resolved(pipe: Pipeline, d: dict) -> dict:
         if o["adapt"] is None or o["adapt"].lower() == "none":
             # Off: left out of the settings, so run folders made before the key existed (and
             # their stage hashes) stay valid.
-            del o["adapt"], o["adapt_every"]
+            del o["adapt"], o["adapt_every"], o["adapt_after_plateau"]
         else:
             from .optimize.adapt import AdaptConfig
             o["adapt"] = o["adapt"].lower()
             if o["adapt_every"] is None:
                 o["adapt_every"] = AdaptConfig.every
+            if o["adapt_after_plateau"] is None:
+                o["adapt_after_plateau"] = AdaptConfig.after_plateau or 0
     return d
 
 
@@ -727,7 +734,7 @@ def _stage_optimize(pipe: Pipeline, d: Path, results: dict, progress: bool) -> d
     if sec.batch_size:
         kwargs["batch_size"] = sec.batch_size
     if sec.adapt:
-        kwargs.update(adapt=sec.adapt, adapt_every=sec.adapt_every)
+        kwargs.update(adapt=sec.adapt, adapt_every=sec.adapt_every, adapt_after_plateau=sec.adapt_after_plateau)
     table = optimize(model, objective, **kwargs)
     info = {"molecules": str(d / "molecules.csv"), "best": float(table["score"].max()) if len(table) and "score" in table else None}
     summary_path = d / "summary.json"

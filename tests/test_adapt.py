@@ -92,8 +92,8 @@ def test_finetuning_raises_the_likelihood_of_the_best_molecules(tiny_model, smal
 
 def test_optimize_with_adaptation_keeps_the_callers_model(tiny_model, tmp_path):
     fp = model_fingerprint(tiny_model)
-    table = optimize(tiny_model, "qed", budget=48, batch_size=8, seed=0, adapt=AdaptConfig(radius=8.0, molecules=32),
-                     adapt_every=16, out_dir=tmp_path / "run", progress=False)
+    table = optimize(tiny_model, "qed", budget=48, batch_size=8, seed=0,
+                     adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau=None), adapt_every=16, out_dir=tmp_path / "run", progress=False)
     s = table.attrs["summary"]
     assert len(table) == 48 and table["smiles"].is_unique
     assert s["adapt"] == "retrain" and s["adapt_oracle_calls"] == [16, 32]
@@ -104,11 +104,37 @@ def test_optimize_with_adaptation_keeps_the_callers_model(tiny_model, tmp_path):
     assert s["time"]["adapt_s"] > 0
 
 
+def test_adaptation_after_the_plateau_starts_where_the_best_stopped_improving(tiny_model, tmp_path):
+    """With after_plateau=P the unadapted search runs until its best is P calls old (checked
+    after each batch), then adapts every ``every`` calls; resumed, it keeps those calls."""
+    plateau, every, batch = 12, 16, 8
+    config = AdaptConfig(radius=8.0, molecules=32, after_plateau=plateau)
+    table = optimize(tiny_model, "qed", budget=64, batch_size=batch, seed=0, adapt=config, adapt_every=every,
+                     out_dir=tmp_path / "run", progress=False)
+    calls = table.attrs["summary"]["adapt_oracle_calls"]
+    assert len(table) == 64 and table["smiles"].is_unique and calls
+    first = calls[0]
+    scores = table.sort_values("oracle_call")["score"].to_numpy()
+    best_call = lambda n: int(np.argmax(scores[:n])) + 1          # noqa: E731 (first call of the best)
+    assert first - best_call(first) >= plateau                     # it waited for the plateau
+    assert first - batch - best_call(first - batch) < plateau      # and not a batch longer
+    assert all(b - a == every for a, b in zip(calls, calls[1:]))   # then every `every` calls
+    # The same call again finds the run complete: nothing re-scored, the rounds as recorded.
+    again = optimize(tiny_model, "qed", budget=64, batch_size=batch, seed=0, adapt=config, adapt_every=every,
+                     out_dir=tmp_path / "run", progress=False)
+    assert again.attrs["summary"]["adapt_oracle_calls"] == calls and len(again) == 64
+    for bad in (0, -5, True, 2.5, "1000"):
+        with pytest.raises(MolvaeError, match="after_plateau must be a positive integer"):
+            AdaptConfig(after_plateau=bad)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"adapt": "finetune"}, "adapt must be one of"),
     ({"adapt": "retrain", "sampler": "tpe"}, "adapt"),
     ({"adapt": "retrain", "workers": 2}, "workers"),
     ({"adapt": "retrain", "adapt_every": 0}, "every"),
+    ({"adapt": "retrain", "adapt_after_plateau": -1}, "adapt_after_plateau must be a whole number"),
+    ({"adapt": "retrain", "adapt_after_plateau": "soon"}, "adapt_after_plateau must be a whole number"),
 ])
 def test_bad_adaptation_settings_are_errors(tiny_model, tmp_path, kwargs, match):
     with pytest.raises(MolvaeError, match=match):
@@ -127,8 +153,9 @@ KILL_SCRIPT = textwrap.dedent("""
     molvae.optimize.run.fit_latent_pca = molvae.optimize.adapt.fit_latent_pca = prior_box
     out = Path({out!r})
     opt.optimize(load_model({model!r}, device="cpu"), Recording(out.parent / {scored!r}),
-                 budget={budget}, batch_size=8, seed=0, out_dir=out, adapt=AdaptConfig(radius=8.0, molecules=32),
-                 adapt_every={every}, progress=False)
+                 budget={budget}, batch_size=8, seed=0, out_dir=out,
+                 adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau=None), adapt_every={every},
+                 progress=False)
 """)
 
 
@@ -184,12 +211,12 @@ def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(t
 def test_resume_refuses_damaged_adapted_weights(tiny_model, tmp_path):
     out = tmp_path / "run"
     optimize(tiny_model, "qed", budget=24, batch_size=8, adapt="retrain", adapt_every=16, out_dir=out,
-             progress=False)
+             adapt_after_plateau=0, progress=False)
     state = json.loads((out / "adapt" / "state.json").read_text())
     (out / "adapt" / state["weights"]).write_bytes(b"not safetensors")
     with pytest.raises(MolvaeError, match=state["weights"]):
         optimize(tiny_model, "qed", budget=40, batch_size=8, adapt="retrain", adapt_every=16, out_dir=out,
-                 progress=False)
+                 adapt_after_plateau=0, progress=False)
 
 
 def test_cli_adapt_flag_runs_rounds_and_records_them(tiny_model_dir, tmp_path, capsys):
@@ -197,10 +224,12 @@ def test_cli_adapt_flag_runs_rounds_and_records_them(tiny_model_dir, tmp_path, c
 
     out = tmp_path / "cli"
     rc = main(["optimize", "--model", str(tiny_model_dir), "--objective", "qed", "--budget", "12",
-               "--batch-size", "4", "--adapt", "retrain", "--adapt-every", "8", "--out", str(out)])
+               "--batch-size", "4", "--adapt", "retrain", "--adapt-every", "8", "--adapt-after-plateau", "0",
+               "--out", str(out)])
     assert rc == 0 and "molecules scored" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["adapt"] == "retrain" and summary["adapt_oracle_calls"][0] == 8
     run = json.loads((out / "run.json").read_text())
     assert run["adapt"]["every"] == 8                  # a resume must adapt the same way
     assert json.loads((out / "adapt" / "state.json").read_text())["oracle_calls"][0] == 8
+    assert run["adapt"]["after_plateau"] is None       # 0 on the command line: from the start

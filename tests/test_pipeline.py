@@ -60,6 +60,8 @@ def small_file(tmp_path_factory, train_smiles):
     ("[optimize]\nadapt = 'retrian'\n", r"\[optimize\] adapt: 'retrian' is not one of none, retrain \(did you mean 'retrain'\?\)"),
     ("[optimize]\nadapt = 'retrain'\nadapt_every = 0\n", r"\[optimize\] adapt_every: must be >= 1"),
     ("[optimize]\nadapt_every = 100\n", r"\[optimize\] adapt_every: set without adapt"),
+    ("[optimize]\nadapt_after_plateau = 500\n", r"\[optimize\] adapt_after_plateau: set without adapt"),
+    ("[optimize]\nadapt = 'retrain'\nadapt_after_plateau = -1\n", r"\[optimize\] adapt_after_plateau: must be >= 0"),
     ("[optimize]\nadapt = 'retrain'\nsampler = 'tpe'\n", r"\[optimize\] adapt: .*suits cmaes and random, not 'tpe'"),
     ("[optimize]\nadapt = 'retrain'\nobjectives = { a = 'qed', b = 'logp' }\n", r"\[optimize\] adapt: .*one objective"),
     ("[optimize]\nadapt = 7\n", r"\[optimize\]\.adapt: expected str"),
@@ -244,7 +246,7 @@ def test_optimize_stage_adapts_the_model_and_old_run_folders_stay_complete(tmp_p
     assert (run / "optimize" / "DONE").stat().st_mtime_ns == stamp
     assert "[optimize] already complete" in (run / "run.log").read_text().split("pipeline p ")[-1]
 
-    write(path, body.replace('budget = 12', 'budget = 12\nadapt = "retrain"\nadapt_every = 6'))
+    write(path, body.replace('budget = 12', 'budget = 12\nadapt = "retrain"\nadapt_every = 6\nadapt_after_plateau = 0'))
     run_pipeline(load_pipeline(path), progress=False)
     third = (run / "run.log").read_text().split("pipeline p ")[-1]
     assert "[optimize] settings changed: adapt" in third
@@ -253,7 +255,7 @@ def test_optimize_stage_adapts_the_model_and_old_run_folders_stay_complete(tmp_p
     state = json.loads((run / "optimize" / "adapt" / "state.json").read_text())
     assert (run / "optimize" / "adapt" / state["weights"]).exists()
     config = json.loads((run / "config.json").read_text())["optimize"]
-    assert config["adapt"] == "retrain" and config["adapt_every"] == 6
+    assert config["adapt"] == "retrain" and config["adapt_every"] == 6 and config["adapt_after_plateau"] == 0
 
 
 def test_retrained_model_reruns_the_stages_that_read_it(tmp_path, small_file):

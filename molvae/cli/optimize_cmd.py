@@ -53,11 +53,14 @@ def register(sub, bench) -> None:
                    help="with --lead: trust-region half-width, in sd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapt", choices=ADAPT_METHODS, default=DEFAULT_ADAPT,
-                   help="retrain: every --adapt-every calls, fine-tune a copy of the model on the "
-                        "molecules scored so far and restart the search around the best "
-                        f"(default {DEFAULT_ADAPT})")
+                   help="retrain: once the search stops improving, every --adapt-every calls "
+                        "fine-tune a copy of the model on the molecules scored so far and restart "
+                        f"the search around the best (default {DEFAULT_ADAPT})")
     p.add_argument("--adapt-every", type=int, default=None,
                    help=f"with --adapt retrain: oracle calls between adaptations (default {AdaptConfig.every})")
+    p.add_argument("--adapt-after-plateau", type=int, default=None, metavar="CALLS",
+                   help="with --adapt retrain: start adapting once the best is this many calls old "
+                        f"(default {AdaptConfig.after_plateau}; 0: adapt from the start)")
     p.set_defaults(func=cmd_optimize)
 
     b = bench.add_parser("optimize", help="optimizers vs prior sampling on standard tasks (AUC top-10)")
@@ -123,7 +126,7 @@ def cmd_optimize(args) -> int:
                      storage=args.storage, workers=args.workers, time_limit=args.time_limit,
                      target=args.target, patience=args.patience, n_components=args.components,
                      bound=args.bound, trust_radius=args.trust_radius, adapt=args.adapt,
-                     adapt_every=args.adapt_every)
+                     adapt_every=args.adapt_every, adapt_after_plateau=args.adapt_after_plateau)
     s = table.attrs["summary"]
     names = getattr(objective, "names", None) if "pareto" in table else None
     values = [f"{n}_score" for n in names] if names else ["score"]

@@ -386,17 +386,24 @@ def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
 
 
 def adapt_config(adapt: str | AdaptConfig | None, every: int | None, sampler: str, multi: bool,
-                 workers: int) -> AdaptConfig | None:
+                 workers: int, after_plateau: int | None = None) -> AdaptConfig | None:
     """The adaptation settings of an ``optimize`` call (``None``: no adaptation), checked
-    against the search they go with."""
+    against the search they go with. ``every`` and ``after_plateau`` (0: adapt from the
+    start) replace the config's values unless ``None``."""
     if adapt is None:
         adapt = DEFAULT_ADAPT
+    changes: dict[str, Any] = {} if every is None else {"every": every}
+    if after_plateau is not None:
+        if isinstance(after_plateau, bool) or not isinstance(after_plateau, int) or after_plateau < 0:
+            raise MolvaeError(f"adapt_after_plateau must be a whole number of oracle calls (0: adapt "
+                              f"from the start), got {after_plateau!r}")
+        changes["after_plateau"] = after_plateau or None
     if isinstance(adapt, AdaptConfig):
-        config = adapt if every is None else dataclasses.replace(adapt, every=every)
+        config = dataclasses.replace(adapt, **changes)
     elif isinstance(adapt, str) and adapt.lower() in ADAPT_METHODS:
         if adapt.lower() == "none":
             return None
-        config = AdaptConfig(method=adapt.lower(), **({} if every is None else {"every": every}))
+        config = AdaptConfig(method=adapt.lower(), **changes)
     else:
         raise MolvaeError(f"adapt must be one of {', '.join(ADAPT_METHODS)}, got {adapt!r}")
     if config.method == "none":

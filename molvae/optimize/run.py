@@ -96,7 +96,8 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
              bound: float = DEFAULT_BOUND, trust_radius: float = DEFAULT_TRUST_RADIUS,
              duplicates: str = "penalize", study_name: str | None = None,
              progress: bool = True, adapt: str | AdaptConfig | None = None,
-             adapt_every: int | None = None, allow_code: bool = False) -> pd.DataFrame:
+             adapt_every: int | None = None, adapt_after_plateau: int | None = None,
+             allow_code: bool = False) -> pd.DataFrame:
     """Search the model's latent space for molecules that maximize ``objective``.
 
     Args:
@@ -126,9 +127,12 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         n_components, bound: the search box: first ``n_components`` principal axes of the
             encoded training set (default :data:`DEFAULT_COMPONENTS`, at most the latent
             dimension), ±``bound`` sd.
-        adapt, adapt_every: ``"retrain"`` fine-tunes a copy of the model on the molecules
-            scored so far every ``adapt_every`` oracle calls and restarts the search around the
-            best of them (:mod:`molvae.optimize.adapt`); ``"none"`` (default) keeps the model.
+        adapt, adapt_every, adapt_after_plateau: ``"retrain"`` lets the search run unadapted
+            until its best has not improved for ``adapt_after_plateau`` oracle calls (default
+            :attr:`AdaptConfig.after_plateau <molvae.optimize.adapt.AdaptConfig>`, 1000; 0:
+            from the start), then fine-tunes a copy of the model on the molecules scored so far
+            every ``adapt_every`` calls and restarts the search around the best of them
+            (:mod:`molvae.optimize.adapt`); ``"none"`` (default) keeps the model.
         allow_code: let an objective file or dict run the ``module:function`` components it
             names (see :mod:`molvae.scoring`; a Python callable always runs).
 
@@ -168,7 +172,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
     multi = isinstance(obj, MultiObjective)
     sampler = (sampler or (DEFAULT_MULTI_SAMPLER if multi else DEFAULT_SAMPLER)).lower()
     make_sampler(sampler, seed, batch_size, multi)  # validate the name early
-    adapting = adapt_config(adapt, adapt_every, sampler, multi, workers)
+    adapting = adapt_config(adapt, adapt_every, sampler, multi, workers, adapt_after_plateau)
 
     lead_std = None
     filters = []
