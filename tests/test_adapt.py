@@ -154,15 +154,16 @@ KILL_SCRIPT = textwrap.dedent("""
     out = Path({out!r})
     opt.optimize(load_model({model!r}, device="cpu"), Recording(out.parent / {scored!r}),
                  budget={budget}, batch_size=8, seed=0, out_dir=out,
-                 adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau=None), adapt_every={every},
+                 adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau={plateau}), adapt_every={every},
                  progress=False)
 """)
 
 
-def _run(tmp_path: Path, model_dir: Path, budget: int, every: int, scored: str, kill_when=None) -> None:
+def _run(tmp_path: Path, model_dir: Path, budget: int, every: int, scored: str, kill_when=None,
+         plateau: int | None = None) -> None:
     out = tmp_path / "run"
     script = KILL_SCRIPT.format(tests=str(HERE), out=str(out), model=str(model_dir), budget=budget,
-                                every=every, scored=scored)
+                                every=every, scored=scored, plateau=plateau)
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "MOLVAE_QUIET": "1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
     if kill_when is None:
@@ -206,6 +207,30 @@ def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(t
     assert final["oracle_calls"] == [16, 32]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_calls"] == len(before)
+
+
+def test_kill_after_the_plateau_adaptation_then_resume(tiny_model_dir, tmp_path):
+    """The default adaptation (after the plateau) killed mid-round: the resumed run keeps the
+    plateau's adaptation call, adapts every `every` calls after it, loses and re-scores nothing."""
+    budget, every, plateau = 64, 16, 12
+    out = tmp_path / "run"
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_killed.txt", plateau=plateau,
+         kill_when=lambda o: (o / "adapt" / "state.json").exists() and _rows(o) >= 30)
+    before = pd.read_csv(out / "molecules.csv")
+    state = json.loads((out / "adapt" / "state.json").read_text())
+    assert 30 <= len(before) < budget and state["round"] >= 1
+
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_resumed.txt", plateau=plateau)
+    after = pd.read_csv(out / "molecules.csv")
+    pd.testing.assert_frame_equal(after.head(len(before)), before)      # nothing lost
+    assert list(after["oracle_call"]) == list(range(1, budget + 1))     # continuous
+    resumed = (tmp_path / "scored_resumed.txt").read_text().split()
+    assert not set(resumed) & set(before["smiles"]) and len(resumed) == budget - len(before)
+    calls = json.loads((out / "adapt" / "state.json").read_text())["oracle_calls"]
+    assert calls[:len(state["oracle_calls"])] == state["oracle_calls"]
+    assert all(b - a == every for a, b in zip(calls, calls[1:]))
+    scores = after["score"].to_numpy()
+    assert calls[0] - (int(np.argmax(scores[:calls[0]])) + 1) >= plateau  # the plateau came first
 
 
 def test_resume_refuses_damaged_adapted_weights(tiny_model, tmp_path):
