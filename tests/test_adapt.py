@@ -223,9 +223,13 @@ def test_kill_after_the_plateau_adaptation_then_resume(tiny_model_dir, tmp_path)
     _run(tmp_path, tiny_model_dir, budget, every, "scored_resumed.txt", plateau=plateau)
     after = pd.read_csv(out / "molecules.csv")
     pd.testing.assert_frame_equal(after.head(len(before)), before)      # nothing lost
-    assert list(after["oracle_call"]) == list(range(1, budget + 1))     # continuous
+    assert list(after["oracle_call"]) == list(range(1, len(after) + 1))  # continuous
+    # The tiny model's last round can run dry before the budget: a round that stalls without a
+    # new molecule ends the search (where the kill fell decides which molecules are left).
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(after) == budget or (summary["stop_reason"] == "stalled" and len(after) >= budget - every)
     resumed = (tmp_path / "scored_resumed.txt").read_text().split()
-    assert not set(resumed) & set(before["smiles"]) and len(resumed) == budget - len(before)
+    assert not set(resumed) & set(before["smiles"]) and len(resumed) == len(after) - len(before) > 0
     calls = json.loads((out / "adapt" / "state.json").read_text())["oracle_calls"]
     assert calls[:len(state["oracle_calls"])] == state["oracle_calls"]
     assert all(b - a == every for a, b in zip(calls, calls[1:]))
