@@ -1,0 +1,71 @@
+"""Experiment (not part of molvae): which adaptation settings climb fastest after the plateau.
+
+    python scripts/experiments/adapt_sweep.py OUT.jsonl TASK[,TASK..] VARIANT[,VARIANT..] [BUDGET] [JOBS]
+
+A VARIANT is ``name`` or ``name:key=value/key=value`` with keys of
+:class:`molvae.optimize.AdaptConfig` (``base`` = the defaults), e.g.
+``early:after_plateau=500``. Each (task, variant) run is seed 0, ``molvae.optimize(load_model(),
+pmo.objective(task), budget=BUDGET, seed=0, adapt=AdaptConfig(...))``; one JSON line per run
+with the AUC top-10 at 25/50/100 % of the budget, the final top-10, rounds and wall time.
+Runs already in OUT are skipped, so an interrupted sweep resumes.
+"""
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+
+def parse_variant(spec):
+    name, _, rest = spec.partition(":")
+    kw = {}
+    for item in filter(None, rest.split("/")):
+        k, _, v = item.partition("=")
+        kw[k] = None if v == "None" else (float(v) if "." in v or "e" in v else int(v))
+    return name, kw
+
+
+def run(job):
+    task, spec, budget = job
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    import molvae
+    from molvae import pmo
+    from molvae.model import load_model
+    from molvae.optimize import AdaptConfig
+    from molvae.optimize.outputs import top_k_auc
+
+    name, kw = parse_variant(spec)
+    adapt = "none" if name == "cmaes" else AdaptConfig(**kw)
+    t = time.perf_counter()
+    df = molvae.optimize(load_model(), pmo.objective(task), budget=budget, seed=0, adapt=adapt, progress=False)
+    s = df.attrs["summary"]
+    scores = df.sort_values("oracle_call")["score"].to_numpy(float)
+    row = {"task": task, "variant": spec, "budget": budget, "wall_s": round(time.perf_counter() - t, 1),
+           "top10": s["top10_mean"], "rounds": s.get("adapt_rounds"),
+           "first_adapt": (s.get("adapt_oracle_calls") or [None])[0]}
+    for frac in (0.25, 0.5, 1.0):
+        n = int(budget * frac)
+        row[f"auc@{n}"] = round(top_k_auc(scores[:n], 10, n), 4)
+    return row
+
+
+def main():
+    out, tasks, variants = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3].split(",")
+    budget = int(sys.argv[4]) if len(sys.argv) > 4 else 10000
+    jobs = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+    done = set()
+    if out.exists():
+        done = {(r["task"], r["variant"], r["budget"]) for r in map(json.loads, out.read_text().splitlines())}
+    todo = [(t, v, budget) for v in variants for t in tasks if (t, v, budget) not in done]
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        for row in pool.imap_unordered(run, todo):
+            with out.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
