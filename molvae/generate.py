@@ -296,31 +296,55 @@ def benchmark_decoding(model: MolVAE, n: int = 2048, batch_sizes: Sequence[int] 
     (``generate(fused=True)``, the default) against ``nn.GRU`` stepped one position at a time,
     on the same ``n`` prior points in the same run, per batch size (the optimizer decodes
     batches of 16 by default). Runs alternate and the faster of ``repeats`` counts, so a busy
-    machine slows both alike; ``identical`` checks that both decode the same tokens.
+    machine slows both alike; ``identical`` checks that both decode the same tokens in fp32.
+
+    Where the model decodes with a bf16 copy (:class:`MolVAE` ``precision``), both paths are
+    also timed in bf16 (``bf16_*``), and ``bf16_same_rows`` is the fraction of rows whose
+    bf16 tokens equal the fp32 ones.
     """
     n = _whole(n, "number of samples n", "-n", 1, MAX_SAMPLES)
     z = model.sample_prior(n, seed=seed)
-    net = model._generator()
+    nets = {"": model.module}
+    if model.decode_bf16:
+        nets["bf16_"] = model._generator()
     rows = []
     for bs in batch_sizes:
         bs = _whole(bs, "batch size", "--batch-sizes", 1, MAX_SAMPLES)
-        best = {True: math.inf, False: math.inf}
+        best: dict[tuple[str, bool], float] = {}
         out = {}
         for _ in range(max(1, int(repeats))):
-            for fused in (False, True):
-                if model.device.type == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                ids = [net.generate(z[i:i + bs], fused=fused) for i in range(0, n, bs)]
-                if model.device.type == "cuda":
-                    torch.cuda.synchronize()
-                best[fused] = min(best[fused], time.perf_counter() - t)
-                out[fused] = [c.cpu() for c in ids]
-        same = all(torch.equal(a, b) for a, b in zip(out[False], out[True]))
-        rows.append({"device": str(model.device), "batch_size": bs, "molecules": n,
-                     "reference_per_s": round(n / best[False], 1), "fused_per_s": round(n / best[True], 1),
-                     "speedup": round(best[False] / best[True], 2), "identical": same})
+            for prefix, net in nets.items():
+                for fused in (False, True):
+                    if model.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    ids = [net.generate(z[i:i + bs], fused=fused) for i in range(0, n, bs)]
+                    if model.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    key = (prefix, fused)
+                    best[key] = min(best.get(key, math.inf), time.perf_counter() - t)
+                    out[key] = [c.cpu() for c in ids]
+        row = {"device": str(model.device), "batch_size": bs, "molecules": n}
+        for prefix in nets:
+            row.update({f"{prefix}reference_per_s": round(n / best[prefix, False], 1),
+                        f"{prefix}fused_per_s": round(n / best[prefix, True], 1),
+                        f"{prefix}speedup": round(best[prefix, False] / best[prefix, True], 2)})
+        row["identical"] = all(torch.equal(a, b) for a, b in zip(out["", False], out["", True]))
+        if "bf16_" in nets:
+            same = sum(_same_rows(a, b, model.vocab.pad_id)
+                       for a, b in zip(out["", True], out["bf16_", True]))
+            row["bf16_same_rows"] = round(same / n, 4)
+            row["bf16_vs_fp32_fused"] = round(best["", True] / best["bf16_", True], 2)
+        rows.append(row)
     return rows
+
+
+def _same_rows(a: torch.Tensor, b: torch.Tensor, pad: int) -> int:
+    """How many rows of two id batches hold the same tokens (batches may differ in width)."""
+    w = max(a.size(1), b.size(1))
+    a = torch.nn.functional.pad(a, (0, w - a.size(1)), value=pad)
+    b = torch.nn.functional.pad(b, (0, w - b.size(1)), value=pad)
+    return int((a == b).all(1).sum())
 
 
 def pca_map(model: MolVAE, smiles: Sequence[str], n_components: int = 2) -> tuple[np.ndarray, list[bool]]:

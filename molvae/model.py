@@ -338,9 +338,9 @@ class SequenceVAE(nn.Module):
         tokens (default ``seq_len - 1``: the longest training molecule plus ``[eos]``).
         Rows do not start with ``[bos]``. ``[pad]`` and ``[bos]`` are never emitted.
 
-        ``fused`` (fp32 GRU decoders) steps the GRU by hand (:meth:`_generate_gru`, the same
-        tokens, faster); ``False`` runs ``nn.GRU`` one step at a time, the reference that
-        ``molvae bench decode`` measures it against.
+        ``fused`` (GRU decoders, fp32 or bf16) steps the GRU by hand (:meth:`_generate_gru`:
+        in fp32 the same tokens, faster); ``False`` runs ``nn.GRU`` one step at a time, the
+        reference that ``molvae bench decode`` measures it against.
         """
         if not greedy and temperature <= 0:
             raise MolvaeError(f"temperature must be > 0 when sampling, got {temperature}")
@@ -354,7 +354,7 @@ class SequenceVAE(nn.Module):
         else:
             h = self.initial_hidden(z)
             zz = z.unsqueeze(1)
-        if fused and not transformer and self.decoder.weight_ih_l0.dtype == torch.float32:
+        if fused and not transformer and self.decoder.weight_ih_l0.dtype in (torch.float32, torch.bfloat16):
             return self._generate_gru(z, greedy, temperature, max_len, generator)
         tok = torch.full((b,), self.bos_id, dtype=torch.long, device=self.device)
         finished = torch.zeros(b, dtype=torch.bool, device=self.device)
@@ -396,34 +396,52 @@ class SequenceVAE(nn.Module):
         (``vocab x 3H``, computed once) plus the z part (once per batch), so the step's
         biggest matrix product becomes a row lookup; finished rows leave the batch, so the
         step's products shrink as molecules end; and no autograd bookkeeping.
+
+        A bf16 network (the CPU decoding copy, see :class:`MolVAE`) does its matrix products
+        in bf16 but keeps the hidden state and the gate arithmetic in fp32, so rounding does
+        not build up over the steps; ``molvae bench decode`` times it against stepping
+        ``nn.GRU`` in bf16 and fp32. fp32 networks take exactly the reference's operations.
         """
         rnn, c = self.decoder, self.config
         b, hid, layers = z.size(0), c.dec_hidden, c.dec_layers
+        dt, f32 = rnn.weight_hh_l0.dtype, torch.float32
         w = [(getattr(rnn, f"weight_ih_l{i}"), getattr(rnn, f"weight_hh_l{i}"),
-              getattr(rnn, f"bias_ih_l{i}"), getattr(rnn, f"bias_hh_l{i}")) for i in range(layers)]
+              getattr(rnn, f"bias_ih_l{i}").float(), getattr(rnn, f"bias_hh_l{i}").float())
+             for i in range(layers)]
+
+        transposed: dict[int, torch.Tensor] = {}  # bf16: weight.T laid out once per batch
+
+        def affine(bias, x, weight):  # bias + x @ weight.T, products in the weights' dtype
+            if dt == f32:
+                return torch.addmm(bias, x, weight.t())
+            wt = transposed.get(id(weight))
+            if wt is None:
+                wt = transposed[id(weight)] = weight.t().contiguous()
+            return torch.mm(x.to(dt), wt).float() + bias
+
         e = c.embed_dim
-        table = self.embedding.weight @ w[0][0][:, :e].t()              # (vocab, 3H)
-        gz = torch.addmm(w[0][2], z, w[0][0][:, e:].t())                # (B, 3H)
-        h = list(self.initial_hidden(z).unbind(0))                      # layers x (B, H)
+        table = (self.embedding.weight @ w[0][0][:, :e].t()).float()    # (vocab, 3H)
+        gz = affine(w[0][2], z, w[0][0][:, e:])                         # (B, 3H)
+        h = [x.float() for x in self.initial_hidden(z).unbind(0)]       # layers x (B, H)
         out = torch.full((b, max_len), self.pad_id, dtype=torch.long, device=self.device)
         rows = torch.arange(b, device=self.device)                      # unfinished rows
         tok = torch.full((b,), self.bos_id, dtype=torch.long, device=self.device)
-        w_out, b_out = self.output.weight.t(), self.output.bias
+        w_out, b_out = self.output.weight, self.output.bias.float()
         banned = torch.zeros(c.vocab_size, device=self.device)
         banned[self.pad_id] = banned[self.bos_id] = -math.inf
         for t in range(max_len):
             x = None
             for i in range(layers):
                 w_ih, w_hh, b_ih, b_hh = w[i]
-                gi = table[tok] + gz if i == 0 else torch.addmm(b_ih, x, w_ih.t())
-                gh = torch.addmm(b_hh, h[i], w_hh.t())
+                gi = table[tok] + gz if i == 0 else affine(b_ih, x, w_ih)
+                gh = affine(b_hh, h[i], w_hh)
                 i_r, i_z, i_n = gi.chunk(3, 1)
                 h_r, h_z, h_n = gh.chunk(3, 1)
                 r = torch.sigmoid(i_r + h_r)
                 u = torch.sigmoid(i_z + h_z)
                 n = torch.tanh(i_n + r * h_n)
                 h[i] = x = n + u * (h[i] - n)                           # (1-u) n + u h
-            logits = torch.addmm(b_out, x, w_out) + banned
+            logits = affine(b_out, x, w_out) + banned
             if greedy:
                 nxt = logits.argmax(-1)
             else:

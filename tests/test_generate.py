@@ -192,3 +192,19 @@ def test_bench_decode_compares_both_paths_on_the_same_points(tiny_model_dir, tmp
     assert "speedup" in capsys.readouterr().out
     for bad in (["-n", "0"], ["--batch-sizes", "-4"], ["-n", "10" * 20]):
         assert main(["bench", "decode", "--model", str(tiny_model_dir), *bad]) == 1
+
+
+def test_bench_decode_times_the_bf16_copy_beside_fp32(tiny_model_dir):
+    """With bf16 decoding, both paths are timed in bf16 too, and the share of rows that keep
+    their fp32 tokens is reported (a user deciding on bf16 wants both the speed and this)."""
+    from molvae.generate import benchmark_decoding
+    from molvae.model import MolVAE, load_model
+
+    fp32 = load_model(tiny_model_dir, device="cpu")
+    rows = benchmark_decoding(MolVAE(fp32.module, fp32.vocab, "cpu", precision="fp32"), 24, [8], repeats=1)
+    assert rows[0]["identical"] and "bf16_fused_per_s" not in rows[0]
+    bf16 = MolVAE(fp32.module, fp32.vocab, "cpu", precision="bf16")
+    rows = benchmark_decoding(bf16, 24, [8, 24], repeats=1)
+    for r in rows:
+        assert r["identical"] and r["bf16_reference_per_s"] > 0 and r["bf16_fused_per_s"] > 0
+        assert 0.7 <= r["bf16_same_rows"] <= 1 and r["bf16_vs_fp32_fused"] > 0

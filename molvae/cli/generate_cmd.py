@@ -74,10 +74,15 @@ def cmd_bench_decode(args) -> int:
 
     sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
     rows = benchmark_decoding(_load(args), args.n, sizes, repeats=args.repeats)
-    print(f"{'device':>8} {'batch':>6} {'nn.GRU mol/s':>13} {'fused mol/s':>12} {'speedup':>8} {'same tokens':>11}")
+    print(f"{'device':>8} {'precision':>9} {'batch':>6} {'nn.GRU mol/s':>13} {'fused mol/s':>12} "
+          f"{'speedup':>8} {'same tokens as fp32':>20}")
     for r in rows:
-        print(f"{r['device']:>8} {r['batch_size']:>6} {r['reference_per_s']:>13,.0f} {r['fused_per_s']:>12,.0f} "
-              f"{r['speedup']:>7.2f}x {str(r['identical']):>11}")
+        print(f"{r['device']:>8} {'fp32':>9} {r['batch_size']:>6} {r['reference_per_s']:>13,.0f} "
+              f"{r['fused_per_s']:>12,.0f} {r['speedup']:>7.2f}x {str(r['identical']):>20}")
+        if "bf16_fused_per_s" in r:
+            print(f"{r['device']:>8} {'bf16':>9} {r['batch_size']:>6} {r['bf16_reference_per_s']:>13,.0f} "
+                  f"{r['bf16_fused_per_s']:>12,.0f} {r['bf16_speedup']:>7.2f}x "
+                  f"{r['bf16_same_rows']:>19.1%} ({r['bf16_vs_fp32_fused']:.2f}x fp32 fused)")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0
