@@ -90,6 +90,34 @@ def test_finetuning_raises_the_likelihood_of_the_best_molecules(tiny_model, smal
             assert torch.equal(p, dict(tiny_model.module.named_parameters())[name])
 
 
+def test_finetuning_encodes_each_ledger_molecule_once_and_learns_the_same(tiny_model, small_smiles,
+                                                                          monkeypatch):
+    """Round after round the ledger grows; only its new molecules are SELFIES-encoded, and the
+    weights come out exactly as when everything is encoded afresh each round."""
+    import copy
+
+    def fresh():
+        m = copy.copy(tiny_model)
+        m.module = copy.deepcopy(tiny_model.module)
+        return m
+
+    smiles = small_smiles[:80] + ["C" * 500, "[Xe]"]  # too long, not in the vocabulary
+    scores = np.linspace(0, 1, len(smiles))
+    config = AdaptConfig(molecules=64)
+    plain, cached, cache = fresh(), fresh(), {}
+    for n in (40, len(smiles)):
+        finetune(plain, smiles[:n], scores[:n], config, seed=n)
+    calls = []
+    real = cached.vocab.try_encode
+    monkeypatch.setattr(cached.vocab, "try_encode", lambda s: calls.append(s) or real(s))
+    for n in (40, len(smiles)):
+        finetune(cached, smiles[:n], scores[:n], config, seed=n, encoded=cache)
+    assert sorted(calls) == sorted(smiles)                  # each molecule encoded once
+    assert cache["C" * 500] is None and cache["[Xe]"] is None
+    for a, b in zip(plain.module.parameters(), cached.module.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_optimize_with_adaptation_keeps_the_callers_model(tiny_model, tmp_path):
     fp = model_fingerprint(tiny_model)
     table = optimize(tiny_model, "qed", budget=48, batch_size=8, seed=0,
