@@ -190,8 +190,11 @@ def test_bench_decode_compares_both_paths_on_the_same_points(tiny_model_dir, tmp
     assert [r["batch_size"] for r in rows] == [8, 40]
     assert all(r["identical"] and r["reference_per_s"] > 0 and r["fused_per_s"] > 0 for r in rows)
     assert "speedup" in capsys.readouterr().out
-    for bad in (["-n", "0"], ["--batch-sizes", "-4"], ["-n", "10" * 20]):
+    for bad in (["-n", "0"], ["--batch-sizes", "-4"], ["-n", "10" * 20], ["--batch-sizes", "16,abc"],
+                ["--batch-sizes", ","], ["--batch-sizes", "1e400"]):
+        capsys.readouterr()
         assert main(["bench", "decode", "--model", str(tiny_model_dir), *bad]) == 1
+        assert "--batch-sizes" in capsys.readouterr().err or bad[0] == "-n"
 
 
 def test_bench_decode_times_the_bf16_copy_beside_fp32(tiny_model_dir):

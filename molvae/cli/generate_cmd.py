@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import MolvaeError
+
 MODEL_HELP = "model folder (default: the pretrained model shipped in data/models/default)"
 
 
@@ -72,7 +74,13 @@ def register(sub, bench) -> None:
 def cmd_bench_decode(args) -> int:
     from ..generate import benchmark_decoding
 
-    sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    try:
+        sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes:
+        raise MolvaeError(f"--batch-sizes: expected comma-separated whole numbers such as 16,64,256, "
+                          f"got {args.batch_sizes[:80]!r}")
     rows = benchmark_decoding(_load(args), args.n, sizes, repeats=args.repeats)
     print(f"{'device':>8} {'precision':>9} {'batch':>6} {'nn.GRU mol/s':>13} {'fused mol/s':>12} "
           f"{'speedup':>8} {'same tokens as fp32':>20}")
@@ -129,7 +137,6 @@ def cmd_sample(args) -> int:
 def cmd_reconstruct(args) -> int:
     import sys
 
-    from ..errors import MolvaeError
 
     if args.limit is not None and args.limit < 1:
         raise MolvaeError(f"--limit must be >= 1, got {args.limit}")
