@@ -237,6 +237,12 @@ def test_bench_optimize_pmo_suite_on_two_tasks(tiny_model_dir, tmp_path, capsys)
     pd.testing.assert_frame_equal(again, runs)
     with pytest.raises(SystemExit):
         main(["bench", "optimize", "--suite", "guacamol"])
+    # Malformed lists are refused before any run starts, naming the flag (an empty --samplers
+    # used to run the whole suite with prior sampling alone).
+    for flag, bad in (("--samplers", ","), ("--samplers", " "), ("--budgets", "12,abc"), ("--tasks", ",")):
+        capsys.readouterr()
+        assert main([*argv[:-2], flag, bad]) == 1
+        assert flag in capsys.readouterr().err
 
 
 def test_bench_runs_in_parallel_give_the_serial_figures(tiny_model_dir, tmp_path):

@@ -145,17 +145,27 @@ def cmd_optimize(args) -> int:
     return 0
 
 
+def _names(text: str, flag: str, what: str) -> list[str]:
+    """The names of a comma-separated option; an empty list is an error naming the flag."""
+    from ..errors import MolvaeError
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise MolvaeError(f"{flag}: name at least {what}, comma-separated; got {text[:80]!r}")
+    return names
+
+
 def cmd_bench(args) -> int:
     from ..benchmark import benchmark_optimize
     from ..errors import MolvaeError
     from ..model import load_model
 
-    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    tasks = _names(args.tasks, "--tasks", "a task") if args.tasks is not None else None
     try:
         budgets = [int(b) for b in args.budgets.split(",")]
     except ValueError:
-        raise MolvaeError(f"--budgets: expected comma-separated integers, got {args.budgets!r}") from None
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+        raise MolvaeError(f"--budgets: expected comma-separated integers, got {args.budgets[:80]!r}") from None
+    samplers = _names(args.samplers, "--samplers", "a sampler (or prior, for the baseline alone)")
     model = load_model(args.model, device=args.device)
     result = benchmark_optimize(model, tasks=tasks, samplers=samplers, seeds=args.seeds, budgets=budgets,
                                 batch_size=args.batch_size, n_components=args.components,
