@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model.json"
+# Sampling temperatures outside these bounds overflow the logits (1e-300) or give uniform noise.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
 DECODE_CHUNK = 2048  # z rows decoded at once: bounds memory of the (B, L, vocab) logits
 
 
@@ -342,8 +344,9 @@ class SequenceVAE(nn.Module):
         in fp32 the same tokens, faster); ``False`` runs ``nn.GRU`` one step at a time, the
         reference that ``molvae bench decode`` measures it against.
         """
-        if not greedy and temperature <= 0:
-            raise MolvaeError(f"temperature must be > 0 when sampling, got {temperature}")
+        if not greedy and not (MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):  # also refuses nan
+            raise MolvaeError(f"temperature must be a number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} "
+                              f"when sampling (lower is closer to greedy decoding), got {temperature}")
         max_len = self.config.seq_len - 1 if max_len is None else int(max_len)
         z = z.to(self.device, dtype=self.embedding.weight.dtype)
         b = z.size(0)

@@ -98,6 +98,13 @@ def test_sample_refuses_nonsense_n(tiny_model, n):
         sample(tiny_model, n)
 
 
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -1.0, 0.0, 1e-300, 1e300])
+def test_sample_refuses_nonsense_temperature(tiny_model, temperature):
+    # nan used to reach torch.multinomial and end in "probability tensor contains inf or nan"
+    with pytest.raises(MolvaeError, match="temperature"):
+        sample(tiny_model, 5, greedy=False, temperature=temperature)
+
+
 def test_interpolate_refuses_absurd_steps(tiny_model, train_smiles):
     with pytest.raises(MolvaeError, match="--steps"):
         interpolate(tiny_model, train_smiles[0], train_smiles[1], steps=10_000_000)
