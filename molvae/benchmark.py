@@ -228,6 +228,8 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
                 "constrained_budget": constrained_budget}
     if suite:  # its task names must never pick up runs of a same-named task outside the suite
         settings["suite"] = suite
+    if model.decode_bf16:  # bf16 decodes differ from fp32 ones: never mix their runs (fp32 runs
+        settings["decode"] = "bf16"  # files from before this key stay valid)
     done = _Checkpoint(Path(out).with_suffix(".runs.jsonl") if out is not None else None, settings)
     runs, constrained, pending = [], [], []
     started = time.perf_counter()
@@ -334,9 +336,19 @@ def _worker_init(payload: tuple, threads: int, pca_molecules: int) -> None:
     global _WORKER_MODEL
     torch.set_num_threads(threads)
     region.PCA_MOLECULES = pca_molecules  # the parent's setting, so both use one PCA
-    module, vocab, device, metadata, prior = payload
-    _WORKER_MODEL = MolVAE(module, vocab, device, metadata=metadata)
+    module, vocab, device, metadata, prior, precision = payload
+    _WORKER_MODEL = MolVAE(module, vocab, device, metadata=metadata, precision=precision)
     _WORKER_MODEL.prior = prior
+
+
+def _worker_payload(model) -> tuple:
+    """What a worker rebuilds the parent's model from: a CPU copy of the network, and the
+    parent's decoding precision (not the worker's own 'auto', which may differ from a choice
+    the caller made; bf16 changes a few % of decodes, so --jobs N would not give serial's runs)."""
+    import copy
+
+    return (copy.deepcopy(model.module).to("cpu"), model.vocab, str(model.device), model.metadata,
+            model.prior, "bf16" if model.decode_bf16 else "fp32")
 
 
 def _worker_run(job: tuple, suite: str | None, batch_size: int, n_components: int,
@@ -351,15 +363,13 @@ def _run_parallel(model, pending: list[tuple], jobs: int, done: _Checkpoint, sui
                   batch_size: int, n_components: int, time_limit: float | None, progress: bool) -> list[dict]:
     """The pending runs in ``jobs`` spawned processes; each finished run is checkpointed here,
     in the parent, as it arrives (so an interrupted benchmark resumes as a serial one does)."""
-    import copy
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from .optimize import fit_latent_pca, region
 
     fit_latent_pca(model)  # once, into the cache the workers read
-    payload = (copy.deepcopy(model.module).to("cpu"), model.vocab, str(model.device), model.metadata,
-               model.prior)
+    payload = _worker_payload(model)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     rows = []
     bar_ = _progress_bar(len(pending), progress)

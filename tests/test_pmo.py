@@ -245,6 +245,46 @@ def test_bench_optimize_pmo_suite_on_two_tasks(tiny_model_dir, tmp_path, capsys)
         assert flag in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_workers_decode_in_the_callers_precision(tiny_model_dir, precision):
+    # A worker rebuilt the model with precision 'auto': on a CPU with bf16 a caller's fp32
+    # model was searched in bf16 by --jobs N (and on one without, a bf16 model in fp32), so
+    # parallel runs were not the serial ones. One of the two cases fails on any machine.
+    from molvae import benchmark
+    from molvae.model import MolVAE, load_model
+    from molvae.optimize import region
+
+    base = load_model(tiny_model_dir, device="cpu")
+    model = MolVAE(base.module, base.vocab, "cpu", precision=precision)
+    benchmark._worker_init(benchmark._worker_payload(model), 1, region.PCA_MOLECULES)
+    try:
+        assert benchmark._WORKER_MODEL.decode_bf16 == (precision == "bf16")
+    finally:
+        benchmark._WORKER_MODEL = None
+
+
+def test_bench_keeps_bf16_runs_apart_from_fp32_runs(tiny_model_dir, tmp_path):
+    # bf16 decodes a few % of molecules differently: a runs file of fp32 runs must not be
+    # resumed by a bf16 model (nor the reverse), and fp32 runs files keep their old settings.
+    import json
+
+    from molvae.benchmark import benchmark_optimize
+    from molvae.model import MolVAE, load_model
+
+    base = load_model(tiny_model_dir, device="cpu")
+    kw = dict(tasks=["median1"], samplers=["prior"], seeds=1, budgets=[12], batch_size=6, suite="pmo",
+              progress=False, out=tmp_path / "b.md")
+    runs = tmp_path / "b.runs.jsonl"
+    benchmark_optimize(MolVAE(base.module, base.vocab, "cpu", precision="fp32"), **kw)
+    fp32 = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert len(fp32) == 1 and "decode" not in fp32[0]["settings"]
+    benchmark_optimize(MolVAE(base.module, base.vocab, "cpu", precision="bf16"), **kw)
+    both = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert len(both) == 2 and both[1]["settings"]["decode"] == "bf16"   # measured, not reused
+    benchmark_optimize(MolVAE(base.module, base.vocab, "cpu", precision="fp32"), **kw)
+    assert len(runs.read_text().splitlines()) == 2                      # fp32 run reused
+
+
 def test_bench_runs_in_parallel_give_the_serial_figures(tiny_model_dir, tmp_path):
     # --jobs: the runs are independent, so N processes must give what one process gives, and
     # every run is checkpointed by the parent (an interrupted parallel benchmark resumes).
