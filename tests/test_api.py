@@ -72,8 +72,8 @@ def test_every_public_name_works_twice_in_one_process(tiny_model_dir, tmp_path, 
         table = molvae.optimize(model, "qed", budget=6, batch_size=4, progress=False)
         # the tiny model decodes few distinct molecules: the search may stall before 6
         assert 1 <= len(table) <= 6 and table["score"].between(0, 1).all()
-        # one valid molecule: no similarity metrics, whose CPU bf16 probe alone takes ~70 s
-        # on a CPU without AVX512 (this machine)
+        # one valid molecule: no similarity metrics (their bf16 path is for CPUs with
+        # avx512_bf16/AMX; a timing probe for it once took ~70 s on an AVX2-only CPU)
         metrics = molvae.moses_metrics([ASPIRIN, "not a smiles"], test=None, test_scaffolds=None,
                                        properties=False, n_jobs=1, unique_k=(10,))
         assert metrics["valid"] == 0.5
