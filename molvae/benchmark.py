@@ -228,8 +228,8 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
                 "constrained_budget": constrained_budget}
     if suite:  # its task names must never pick up runs of a same-named task outside the suite
         settings["suite"] = suite
-    if model.decode_bf16:  # bf16 decodes differ from fp32 ones: never mix their runs (fp32 runs
-        settings["decode"] = "bf16"  # files from before this key stay valid)
+    if getattr(model, "decode_bf16", False):  # bf16 decodes differ from fp32 ones: never mix
+        settings["decode"] = "bf16"  # their runs (fp32 runs files from before stay valid)
     done = _Checkpoint(Path(out).with_suffix(".runs.jsonl") if out is not None else None, settings)
     runs, constrained, pending = [], [], []
     started = time.perf_counter()
@@ -348,7 +348,7 @@ def _worker_payload(model) -> tuple:
     import copy
 
     return (copy.deepcopy(model.module).to("cpu"), model.vocab, str(model.device), model.metadata,
-            model.prior, "bf16" if model.decode_bf16 else "fp32")
+            model.prior, "bf16" if getattr(model, "decode_bf16", False) else "fp32")
 
 
 def _worker_run(job: tuple, suite: str | None, batch_size: int, n_components: int,
