@@ -1,11 +1,12 @@
 """Experiment (not part of molvae): which adaptation settings climb fastest after the plateau.
 
-    python scripts/experiments/adapt_sweep.py OUT.jsonl TASK[,TASK..] VARIANT[,VARIANT..] [BUDGET] [JOBS]
+    python scripts/experiments/adapt_sweep.py OUT.jsonl TASK[,TASK..] VARIANT[,VARIANT..] [BUDGET] [JOBS] [SEEDS]
 
 A VARIANT is ``name`` or ``name:key=value/key=value`` with keys of
 :class:`molvae.optimize.AdaptConfig` (``base`` = the defaults), e.g.
-``early:after_plateau=500``. Each (task, variant) run is seed 0, ``molvae.optimize(load_model(),
-pmo.objective(task), budget=BUDGET, seed=0, adapt=AdaptConfig(...))``; one JSON line per run
+``early:after_plateau=500``. Each (task, variant, seed) run (SEEDS: ``0,1,2``; default 0) is
+``molvae.optimize(load_model(), pmo.objective(task), budget=BUDGET, seed=seed,
+adapt=AdaptConfig(...))``; one JSON line per run
 with the AUC top-10 at 25/50/100 % of the budget, the final top-10, rounds and wall time.
 Runs already in OUT are skipped, so an interrupted sweep resumes.
 """
@@ -26,7 +27,7 @@ def parse_variant(spec):
 
 
 def run(job):
-    task, spec, budget = job
+    task, spec, budget, seed = job
     import numpy as np
     import torch
 
@@ -40,10 +41,10 @@ def run(job):
     name, kw = parse_variant(spec)
     adapt = "none" if name == "cmaes" else AdaptConfig(**kw)
     t = time.perf_counter()
-    df = molvae.optimize(load_model(), pmo.objective(task), budget=budget, seed=0, adapt=adapt, progress=False)
+    df = molvae.optimize(load_model(), pmo.objective(task), budget=budget, seed=seed, adapt=adapt, progress=False)
     s = df.attrs["summary"]
     scores = df.sort_values("oracle_call")["score"].to_numpy(float)
-    row = {"task": task, "variant": spec, "budget": budget, "wall_s": round(time.perf_counter() - t, 1),
+    row = {"task": task, "variant": spec, "budget": budget, "seed": seed, "wall_s": round(time.perf_counter() - t, 1),
            "top10": s["top10_mean"], "rounds": s.get("adapt_rounds"),
            "first_adapt": (s.get("adapt_oracle_calls") or [None])[0]}
     for frac in (0.25, 0.5, 1.0):
@@ -56,10 +57,12 @@ def main():
     out, tasks, variants = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3].split(",")
     budget = int(sys.argv[4]) if len(sys.argv) > 4 else 10000
     jobs = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+    seeds = [int(x) for x in sys.argv[6].split(",")] if len(sys.argv) > 6 else [0]
     done = set()
-    if out.exists():
-        done = {(r["task"], r["variant"], r["budget"]) for r in map(json.loads, out.read_text().splitlines())}
-    todo = [(t, v, budget) for v in variants for t in tasks if (t, v, budget) not in done]
+    if out.exists():  # rows from before the seed column are seed 0
+        done = {(r["task"], r["variant"], r["budget"], r.get("seed", 0))
+                for r in map(json.loads, out.read_text().splitlines())}
+    todo = [(t, v, budget, s) for s in seeds for v in variants for t in tasks if (t, v, budget, s) not in done]
     with mp.get_context("spawn").Pool(jobs) as pool:
         for row in pool.imap_unordered(run, todo):
             with out.open("a") as fh:
