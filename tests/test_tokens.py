@@ -75,3 +75,24 @@ def test_length_is_reported_before_an_unknown_token(vocab):
     # reason a user needs is the length, not the token.
     with pytest.raises(EncodeError, match=f"too long: .* > max_len {vocab.max_len}"):
         vocab.encode("C1" + "C" * 300 + "C1")
+
+
+def test_decoding_is_cached_for_model_sized_strings_only(vocab):
+    # A converged search decodes the same tokens again and again: the second decode of a
+    # sequence must come from the cache, give the same molecule, and a hostile giant string
+    # must neither be remembered nor change the answer.
+    from molvae import tokens
+
+    tokens._selfies_to_canonical.cache_clear()
+    ids = vocab.encode("CC(=O)Oc1ccccc1C(=O)O")
+    first = vocab.decode(ids)
+    hits = tokens._selfies_to_canonical.cache_info().hits
+    assert vocab.decode(ids) == first == "CC(=O)Oc1ccccc1C(=O)O"
+    assert tokens._selfies_to_canonical.cache_info().hits == hits + 1
+    giant = "[C]" * (tokens.DECODE_CACHE_MAX_CHARS // 3 + 10)
+    size = tokens._selfies_to_canonical.cache_info().currsize
+    assert tokens.selfies_to_canonical(giant) == "C" * (tokens.DECODE_CACHE_MAX_CHARS // 3 + 10)
+    assert tokens._selfies_to_canonical.cache_info().currsize == size
+    for malformed in ("[Xx][=Branch9]", "", "[C][C"):  # twice: the cached answer too
+        assert tokens.selfies_to_canonical(malformed) is None
+        assert tokens.selfies_to_canonical(malformed) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -202,7 +203,14 @@ def _decode(model, z: np.ndarray) -> list[str | None]:
 
     smiles = model.decode(torch.as_tensor(z, dtype=torch.float32))
     # A decode with fewer than 2 heavy atoms is not a molecule worth a budget unit.
-    return [s if s is not None and chem.is_valid_molecule(s) else None for s in smiles]
+    return [s if s is not None and _is_valid_decode(s) else None for s in smiles]
+
+
+@lru_cache(maxsize=1 << 16)
+def _is_valid_decode(smiles: str) -> bool:
+    # Cached like the decode itself (molvae.tokens.selfies_to_canonical): a converged search
+    # meets the same molecules again and again, and each check parses the SMILES.
+    return chem.is_valid_molecule(smiles)
 
 
 def _search(model, proposer, scorer: _Scorer, mlog: MoleculeLog, settings: _Settings,
