@@ -181,6 +181,19 @@ def test_bad_arguments_raise_molvae_error(fake):
         optimize(fake, "qed", workers=2, progress=False)
 
 
+def test_an_absurd_batch_size_is_refused_before_any_work(fake):
+    # batch_size=10**8 used to ask Optuna for 10**8 trials and decode them: a run that never
+    # came back (and a CMA-ES population of 10**8). Both entry points must refuse it at once.
+    from molvae.optimize import sample_prior_baseline
+    from molvae.optimize.loop import MAX_BATCH_SIZE
+
+    for entry in (optimize, sample_prior_baseline):
+        for bad in (10**8, MAX_BATCH_SIZE + 1, 0, -3, 2.5, float("nan")):
+            with pytest.raises(MolvaeError, match="batch_size"):
+                entry(fake, "qed", budget=20, batch_size=bad, progress=False)
+    assert len(optimize(fake, "qed", budget=20, batch_size=MAX_BATCH_SIZE, progress=False)) == 20
+
+
 # ---------------------------------------------------------------------------- run folder, resume
 
 

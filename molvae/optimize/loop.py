@@ -28,6 +28,9 @@ SAMPLERS = ("tpe", "cmaes", "gp", "random", "nsga2")
 DEFAULT_SAMPLER = "cmaes"
 DEFAULT_MULTI_SAMPLER = "nsga2"
 DEFAULT_BATCH_SIZE = 16
+#: The most latent points one batch may hold: a batch is asked, decoded and held in memory at
+#: once (and is CMA-ES's population), so 10**8 would be a run that never comes back.
+MAX_BATCH_SIZE = 4096
 #: Batches in a row without a new molecule before the search counts as converged.
 STALL_BATCHES = 25
 #: When the first this-many molecules all failed to score, the objective is broken (a wrong

@@ -24,8 +24,8 @@ from .. import chem
 from ..errors import MolvaeError
 from .adapt import AdaptConfig, Adapter, adapt_config, search_with_adaptation
 from .ledger import MOLECULES_FILE, MoleculeLog, open_ledger
-from .loop import (DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, _decode, _OptunaProposer,
-                   _PriorProposer, _search, _Settings, _Stats, make_sampler)
+from .loop import (DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, MAX_BATCH_SIZE, _decode,
+                   _OptunaProposer, _PriorProposer, _search, _Settings, _Stats, make_sampler)
 from .objective import _log_columns, _resolve_objective, _Scorer, _with_filters
 from .outputs import _json_safe, _summarize, _table, _write_outputs
 from .region import (DEFAULT_BOUND, DEFAULT_COMPONENTS, DEFAULT_TRUST_RADIUS, SearchSpace, fit_latent_pca,
@@ -74,7 +74,8 @@ def _check_run(out: Path, settings: dict[str, Any]) -> bool:
     return False
 
 
-def _numeric(name: str, value, minimum: float | None = None, integer: bool = False):
+def _numeric(name: str, value, minimum: float | None = None, integer: bool = False,
+             maximum: float | None = None):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
@@ -82,6 +83,8 @@ def _numeric(name: str, value, minimum: float | None = None, integer: bool = Fal
         raise MolvaeError(f"{name} must be a{'n integer' if integer else ' number'}, got {value!r}")
     if minimum is not None and value < minimum:
         raise MolvaeError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise MolvaeError(f"{name} must be <= {maximum}, got {value!r}")
     return int(value) if integer else float(value)
 
 
@@ -152,7 +155,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budget = _numeric("budget", budget, 1, integer=True)
-    batch_size = _numeric("batch_size", batch_size, 1, integer=True)
+    batch_size = _numeric("batch_size", batch_size, 1, integer=True, maximum=MAX_BATCH_SIZE)
     workers = _numeric("workers", workers, 1, integer=True)
     warnings = [w for w in [oversubscription_warning(workers)] if w]
     for w in warnings:
@@ -530,6 +533,7 @@ def sample_prior_baseline(model, objective, budget: int = 1000, seed: int = 0,
     molecules are scored: the baseline an optimizer must beat. Same outputs and summary as
     :func:`optimize` (``sampler = "prior"``)."""
     budget = _numeric("budget", budget, 1, integer=True)
+    batch_size = _numeric("batch_size", batch_size, 1, integer=True, maximum=MAX_BATCH_SIZE)
     seed = _numeric("seed", seed, 0, integer=True)
     obj = _resolve_objective(objective)
     scorer = _Scorer(obj)
