@@ -9,6 +9,12 @@ A VARIANT is ``name`` or ``name:key=value/key=value`` with keys of
 adapt=AdaptConfig(...))``; one JSON line per run
 with the AUC top-10 at 25/50/100 % of the budget, the final top-10, rounds and wall time.
 Runs already in OUT are skipped, so an interrupted sweep resumes.
+
+    python scripts/experiments/adapt_sweep.py summary OUT.jsonl docs/bench/pmo_10k.runs.jsonl
+
+prints, per variant and task, the AUC top-10 of each seed and their mean beside the PMO
+table's own ``cmaes+retrain`` runs (the defaults) for the same seeds, and the sums over the
+tasks that both have for every seed.
 """
 import json
 import multiprocessing as mp
@@ -53,7 +59,38 @@ def run(job):
     return row
 
 
+def summary(out: Path, runs: Path):
+    base = {}
+    for line in runs.read_text().splitlines():
+        r = json.loads(line)["row"]
+        if r["method"] == "cmaes+retrain":
+            base[(r["task"], r["seed"])] = r["auc_top10"]
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    by = {}
+    for r in rows:
+        by.setdefault(r["variant"], {}).setdefault(r["task"], {})[r.get("seed", 0)] = r[f"auc@{r['budget']}"]
+    for variant, tasks in by.items():
+        tot_b = tot_v = 0.0
+        lines = []
+        for task, seeds in tasks.items():
+            ss = sorted(seeds)
+            if len(ss) < 3 or any((task, s) not in base for s in ss):
+                continue
+            b = [base[(task, s)] for s in ss]
+            v = [seeds[s] for s in ss]
+            tot_b += sum(b) / len(b)
+            tot_v += sum(v) / len(v)
+            lines.append(f"| {task} | {' / '.join(f'{x:.3f}' for x in b)} = {sum(b) / len(b):.3f} | "
+                         f"{' / '.join(f'{x:.3f}' for x in v)} = {sum(v) / len(v):.3f} |")
+        if lines:  # variants with 3 seeds on some task
+            print(f"\n{variant}\n| task | defaults | {variant} |\n|---|---|---|")
+            print("\n".join(lines))
+            print(f"| sum of {len(lines)} | {tot_b:.3f} | {tot_v:.3f} ({100 * (tot_v / tot_b - 1):+.1f} %) |")
+
+
 def main():
+    if sys.argv[1] == "summary":
+        return summary(Path(sys.argv[2]), Path(sys.argv[3]))
     out, tasks, variants = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3].split(",")
     budget = int(sys.argv[4]) if len(sys.argv) > 4 else 10000
     jobs = int(sys.argv[5]) if len(sys.argv) > 5 else 2
