@@ -99,7 +99,8 @@ def main():
     if out.exists():  # rows from before the seed column are seed 0
         done = {(r["task"], r["variant"], r["budget"], r.get("seed", 0))
                 for r in map(json.loads, out.read_text().splitlines())}
-    todo = [(t, v, budget, s) for s in seeds for v in variants for t in tasks if (t, v, budget, s) not in done]
+    # task-major: an interrupted sweep leaves whole tasks (all seeds) rather than a seed of each
+    todo = [(t, v, budget, s) for t in tasks for v in variants for s in seeds if (t, v, budget, s) not in done]
     with mp.get_context("spawn").Pool(jobs) as pool:
         for row in pool.imap_unordered(run, todo):
             with out.open("a") as fh:
