@@ -168,15 +168,19 @@ def constrained_improvement(model, starts: Sequence[str], threshold: float, budg
 
 
 def _split_method(method: str) -> tuple[str, str]:
-    """``"cmaes+retrain"`` -> ``("cmaes", "retrain")``; a plain sampler adapts nothing."""
+    """``"cmaes+retrain"`` -> ``("cmaes", "retrain")``; a plain sampler adapts nothing.
+    ``"cmaes+retrain:lr=1e-3"`` keeps the settings in the adapt spec (checked here, before
+    any run)."""
     from .optimize import ADAPT_METHODS, SAMPLERS
+    from .optimize.adapt import parse_adapt
 
     sampler, _, adapt = str(method).partition("+")
     adapt = adapt or "none"
-    if sampler not in SAMPLERS or adapt not in ADAPT_METHODS:
+    if sampler not in SAMPLERS or adapt.partition(":")[0] not in ADAPT_METHODS:
         raise MolvaeError(f"bench optimize: unknown method {method!r}; give a sampler ({', '.join(SAMPLERS)}), "
                           f"optionally with model adaptation as SAMPLER+ADAPT ({', '.join(ADAPT_METHODS[1:])}), "
                           "e.g. cmaes+retrain")
+    parse_adapt(adapt)  # its settings, if any, are checked before any run
     return sampler, adapt
 
 

@@ -290,3 +290,59 @@ def test_cli_adapt_flag_runs_rounds_and_records_them(tiny_model_dir, tmp_path, c
     assert run["adapt"]["every"] == 8                  # a resume must adapt the same way
     assert json.loads((out / "adapt" / "state.json").read_text())["oracle_calls"][0] == 8
     assert run["adapt"]["after_plateau"] is None       # 0 on the command line: from the start
+
+
+def test_adapt_spec_sets_any_adaptation_setting_by_name(tiny_model, tmp_path):
+    """``retrain:lr=1e-3/molecules=768`` is the same spec in the API, ``molvae optimize
+    --adapt`` and ``bench optimize --samplers cmaes+retrain:...``, so a candidate setting
+    can be measured over the whole PMO table with one command."""
+    from molvae.optimize.adapt import parse_adapt
+
+    assert parse_adapt("retrain") == "retrain" and parse_adapt("none") == "none"
+    c = parse_adapt("retrain:lr=1e-3/molecules=768/after_plateau=none/decoder_only=false")
+    assert (c.method, c.lr, c.molecules, c.after_plateau, c.decoder_only) == ("retrain", 1e-3, 768, None, False)
+    assert isinstance(c.molecules, int) and isinstance(c.lr, float)
+    table = optimize(tiny_model, "qed", budget=16, batch_size=4, seed=0,
+                     adapt="retrain:radius=8.0/molecules=16/after_plateau=none/lr=1e-3", adapt_every=8,
+                     out_dir=tmp_path / "run", progress=False)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["adapt"]["lr"] == 1e-3 and run["adapt"]["molecules"] == 16
+    assert table.attrs["summary"]["adapt_oracle_calls"][0] == 8
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("retrain:learning_rate=1e-3", r"unknown adapt setting 'learning_rate'.*lr"),
+    ("retrain:lr", r"'lr' needs a value"),
+    ("retrain:lr=fast", r"adapt setting lr must be a number, got 'fast'"),
+    ("retrain:lr=nan", r"lr must be a positive number"),
+    ("retrain:lr=1e999", r"lr must be a positive number"),
+    ("retrain:molecules=2.5", r"molecules must be a whole number, got '2.5'"),
+    ("retrain:molecules=10000000000", r"molecules must be at most"),
+    ("retrain:batch_size=100000000", r"batch_size must be at most"),
+    ("retrain:decoder_only=maybe", r"decoder_only must be true or false"),
+    ("retrain:method=none", r"unknown adapt setting 'method'"),
+    ("retrain:lr=1e-3/lr=2e-3", r"'lr' is given twice"),
+    ("finetune:lr=1e-3", r"adapt must be one of"),
+    ("none:lr=1e-3", r"'none' takes no settings"),
+    ("retrain:" + "x" * 100_000, r"unknown adapt setting 'xxxxx.*\.\.\."),
+])
+def test_bad_adapt_specs_are_clear_errors(spec, match):
+    from molvae.optimize.adapt import parse_adapt
+
+    with pytest.raises(MolvaeError, match=match):
+        parse_adapt(spec)
+
+
+def test_cli_adapt_spec_reaches_the_run(tiny_model_dir, tmp_path, capsys):
+    from molvae.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["optimize", "--model", str(tiny_model_dir), "--objective", "qed", "--budget", "8",
+               "--batch-size", "4", "--adapt", "retrain:lr=0.002/after_plateau=none", "--adapt-every", "4",
+               "--out", str(out)])
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["adapt"]["lr"] == 0.002 and run["adapt"]["every"] == 4
+    assert main(["optimize", "--model", str(tiny_model_dir), "--objective", "qed", "--budget", "8",
+                 "--adapt", "retrain:lr=-1", "--out", str(tmp_path / "bad")]) != 0
+    assert "lr must be a positive number" in capsys.readouterr().err

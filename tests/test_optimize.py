@@ -613,3 +613,12 @@ def test_bench_optimize_compares_a_sampler_with_its_adapting_self(fake, tmp_path
     assert [(c["sampler"], c["adapt"]) for c in calls] == [("cmaes", "none"), ("cmaes", "retrain")]
     assert set(result.runs["method"]) == {"prior", "cmaes", "cmaes+retrain"}
     assert (result.runs["oracle_calls"] == 24).all()
+    # A setting of the adaptation rides in the method's name: a candidate beside the default.
+    calls.clear()
+    result = benchmark.benchmark_optimize(fake, tasks=["qed"], samplers=["cmaes+retrain:lr=1e-3/molecules=64"],
+                                          seeds=1, budgets=[24], batch_size=8, progress=False)
+    assert [c["adapt"] for c in calls] == ["retrain:lr=1e-3/molecules=64"]
+    assert set(result.runs["method"]) == {"prior", "cmaes+retrain:lr=1e-3/molecules=64"}
+    with pytest.raises(MolvaeError, match="unknown adapt setting 'speed'"):
+        benchmark.benchmark_optimize(fake, tasks=["qed"], samplers=["cmaes+retrain:speed=2"], seeds=1,
+                                     budgets=[24], progress=False)

@@ -52,10 +52,11 @@ def register(sub, bench) -> None:
     p.add_argument("--trust-radius", type=float, default=DEFAULT_TRUST_RADIUS,
                    help="with --lead: trust-region half-width, in sd")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--adapt", choices=ADAPT_METHODS, default=DEFAULT_ADAPT,
+    p.add_argument("--adapt", default=DEFAULT_ADAPT, metavar="{" + ",".join(ADAPT_METHODS) + "}[:KEY=VALUE/...]",
                    help="retrain: once the search stops improving, every --adapt-every calls "
                         "fine-tune a copy of the model on the molecules scored so far and restart "
-                        f"the search around the best (default {DEFAULT_ADAPT})")
+                        f"the search around the best (default {DEFAULT_ADAPT}); settings of "
+                        "AdaptConfig follow a colon, e.g. retrain:lr=1e-3/molecules=768")
     p.add_argument("--adapt-every", type=int, default=None,
                    help=f"with --adapt retrain: oracle calls between adaptations (default {AdaptConfig.every})")
     p.add_argument("--adapt-after-plateau", type=int, default=None, metavar="CALLS",
@@ -73,7 +74,8 @@ def register(sub, bench) -> None:
                    help="pmo: the 20 PMO tasks that need no downloaded classifier (TDC's oracle "
                         "definitions), summed and shown beside published results")
     b.add_argument("--samplers", default="tpe,cmaes,gp,random",
-                   help="comma-separated samplers; SAMPLER+ADAPT (cmaes+retrain) adds model adaptation")
+                   help="comma-separated samplers; SAMPLER+ADAPT (cmaes+retrain) adds model adaptation, "
+                        "SAMPLER+ADAPT:KEY=VALUE/... changes its settings (cmaes+retrain:lr=1e-3)")
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--budgets", default="1000,10000", help="comma-separated oracle budgets")
     b.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)

@@ -87,7 +87,7 @@ import numpy as np
 
 from ..errors import MolvaeError
 from .ledger import MoleculeLog
-from .loop import _OptunaProposer, _search, _Settings, _Stats
+from .loop import MAX_BATCH_SIZE, _OptunaProposer, _search, _Settings, _Stats
 from .region import SearchSpace, fit_latent_pca, trust_region
 from .storage import _Mirror
 
@@ -98,6 +98,7 @@ DEFAULT_ADAPT = "none"  # by the measurements in the module docstring
 ADAPT_DIR = "adapt"
 STATE_FILE = "state.json"
 STATE_VERSION = 1
+MAX_MOLECULES = 100_000  # fine-tuning draws per round: more would stall every round for hours
 
 
 @dataclass
@@ -124,6 +125,9 @@ class AdaptConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise MolvaeError(f"adapt {name} must be a positive integer, got {v!r}")
+        for name, most in (("molecules", MAX_MOLECULES), ("batch_size", MAX_BATCH_SIZE)):
+            if getattr(self, name) > most:
+                raise MolvaeError(f"adapt {name} must be at most {most:,}, got {getattr(self, name):,}")
         v = self.after_plateau
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise MolvaeError(f"adapt after_plateau must be a positive integer or None, got {v!r}")
@@ -135,6 +139,63 @@ class AdaptConfig:
     def settings(self) -> dict[str, Any]:
         """What run.json records: a resumed run must adapt the same way."""
         return dataclasses.asdict(self)
+
+
+def parse_adapt(spec: str) -> str | AdaptConfig:
+    """``"retrain"`` or ``"none"`` as given; ``"retrain:lr=1e-3/molecules=768"`` -> an
+    :class:`AdaptConfig` with those settings changed from the defaults.
+
+    One spelling for the API's ``adapt=``, ``molvae optimize --adapt`` and a benchmark
+    method (``cmaes+retrain:lr=1e-3``), so a candidate setting is measured by name. Values
+    are parsed as the setting's type (``none`` for ``after_plateau``, ``true``/``false`` for
+    ``decoder_only``); nothing is evaluated.
+    """
+    method, sep, rest = str(spec).partition(":")
+    method = method.strip().lower()
+    if method not in ADAPT_METHODS:
+        raise MolvaeError(f"adapt must be one of {', '.join(ADAPT_METHODS)}, optionally "
+                          f"retrain:KEY=VALUE/KEY=VALUE, got {_short(spec)!r}")
+    if not sep:
+        return method
+    if method == "none":
+        raise MolvaeError("adapt 'none' takes no settings")
+    fields = {f.name: f for f in dataclasses.fields(AdaptConfig) if f.name != "method"}
+    changes: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in rest.split("/"))):
+        key, eq, value = (x.strip() for x in item.partition("="))
+        if key not in fields:
+            raise MolvaeError(f"unknown adapt setting {_short(key)!r}; valid: {', '.join(fields)}")
+        if not eq or not value:
+            raise MolvaeError(f"adapt setting {key!r} needs a value ({key}=VALUE)")
+        if key in changes:
+            raise MolvaeError(f"adapt setting {key!r} is given twice")
+        changes[key] = _setting_value(key, fields[key].default, value)
+    return AdaptConfig(method=method, **changes)
+
+
+def _short(text: str, most: int = 40) -> str:
+    text = str(text)
+    return text if len(text) <= most else text[:most] + "..."
+
+
+def _setting_value(key: str, default: Any, value: str) -> Any:
+    """``value`` as the type of the setting's default (every setting is a number or a flag)."""
+    low = value.lower()
+    if isinstance(default, bool):
+        if low not in ("true", "false"):
+            raise MolvaeError(f"adapt setting {key} must be true or false, got {_short(value)!r}")
+        return low == "true"
+    if key == "after_plateau" and low == "none":
+        return None
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except ValueError:
+            raise MolvaeError(f"adapt setting {key} must be a whole number, got {_short(value)!r}") from None
+    try:
+        return float(value)
+    except ValueError:
+        raise MolvaeError(f"adapt setting {key} must be a number, got {_short(value)!r}") from None
 
 
 def rank_weights(scores: np.ndarray, k: float) -> np.ndarray:
@@ -427,6 +488,8 @@ def adapt_config(adapt: str | AdaptConfig | None, every: int | None, sampler: st
             raise MolvaeError(f"adapt_after_plateau must be a whole number of oracle calls (0: adapt "
                               f"from the start), got {after_plateau!r}")
         changes["after_plateau"] = after_plateau or None
+    if isinstance(adapt, str) and ":" in adapt:
+        adapt = parse_adapt(adapt)
     if isinstance(adapt, AdaptConfig):
         config = dataclasses.replace(adapt, **changes)
     elif isinstance(adapt, str) and adapt.lower() in ADAPT_METHODS:

@@ -135,7 +135,9 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
             :attr:`AdaptConfig.after_plateau <molvae.optimize.adapt.AdaptConfig>`, 1000; 0:
             from the start), then fine-tunes a copy of the model on the molecules scored so far
             every ``adapt_every`` calls and restarts the search around the best of them
-            (:mod:`molvae.optimize.adapt`); ``"none"`` (default) keeps the model.
+            (:mod:`molvae.optimize.adapt`); ``"none"`` (default) keeps the model. An
+            :class:`~molvae.optimize.adapt.AdaptConfig`, or ``"retrain:lr=1e-3/molecules=768"``
+            (:func:`~molvae.optimize.adapt.parse_adapt`), changes its settings.
         allow_code: let an objective file or dict run the ``module:function`` components it
             names (see :mod:`molvae.scoring`; a Python callable always runs).
 
