@@ -97,7 +97,7 @@ class OptimizeSection:
     scaffold: str | None = None         # SMARTS the optimized molecules must contain
     time_limit: float | None = None     # seconds
     compare_prior: bool = True          # also score the same budget of prior samples
-    adapt: str | None = None            # "retrain": fine-tune the model during the search (None/"none": off)
+    adapt: str | None = None            # "retrain" (or "retrain:lr=1e-3/..."): fine-tune the model during the search (None/"none": off)
     adapt_every: int | None = None      # oracle calls between adaptations (default AdaptConfig.every)
     adapt_after_plateau: int | None = None  # start once the best is this old (default AdaptConfig's; 0: at once)
 
@@ -305,7 +305,7 @@ def _check_adapt(opt: OptimizeSection, where: str) -> None:
     from .optimize import ADAPT_METHODS, DEFAULT_SAMPLER
     from .optimize.adapt import adapt_config
 
-    if opt.adapt is not None and opt.adapt.lower() not in ADAPT_METHODS:
+    if opt.adapt is not None and opt.adapt.lower().partition(":")[0] not in ADAPT_METHODS:
         raise MolvaeError(f"{where} [optimize] adapt: '{opt.adapt}' is not one of {', '.join(ADAPT_METHODS)}"
                           f"{_suggest(opt.adapt.lower(), ADAPT_METHODS)}")
     off = opt.adapt is None or opt.adapt.lower() == "none"

@@ -65,6 +65,8 @@ def small_file(tmp_path_factory, train_smiles):
     ("[optimize]\nadapt = 'retrain'\nsampler = 'tpe'\n", r"\[optimize\] adapt: .*suits cmaes and random, not 'tpe'"),
     ("[optimize]\nadapt = 'retrain'\nobjectives = { a = 'qed', b = 'logp' }\n", r"\[optimize\] adapt: .*one objective"),
     ("[optimize]\nadapt = 7\n", r"\[optimize\]\.adapt: expected str"),
+    ("[optimize]\nadapt = 'retrain:lr=fast'\n", r"\[optimize\] adapt: adapt setting lr must be a number, got 'fast'"),
+    ("[optimize]\nadapt = 'retrain:speed=2'\n", r"\[optimize\] adapt: unknown adapt setting 'speed'"),
 ])
 def test_validation_errors_name_file_section_and_key(tmp_path, body, message):
     path = write(tmp_path / "bad.toml", body)
@@ -246,7 +248,7 @@ def test_optimize_stage_adapts_the_model_and_old_run_folders_stay_complete(tmp_p
     assert (run / "optimize" / "DONE").stat().st_mtime_ns == stamp
     assert "[optimize] already complete" in (run / "run.log").read_text().split("pipeline p ")[-1]
 
-    write(path, body.replace('budget = 12', 'budget = 12\nadapt = "retrain"\nadapt_every = 6\nadapt_after_plateau = 0'))
+    write(path, body.replace('budget = 12', 'budget = 12\nadapt = "retrain:lr=1e-3"\nadapt_every = 6\nadapt_after_plateau = 0'))
     run_pipeline(load_pipeline(path), progress=False)
     third = (run / "run.log").read_text().split("pipeline p ")[-1]
     assert "[optimize] settings changed: adapt" in third
@@ -255,7 +257,8 @@ def test_optimize_stage_adapts_the_model_and_old_run_folders_stay_complete(tmp_p
     state = json.loads((run / "optimize" / "adapt" / "state.json").read_text())
     assert (run / "optimize" / "adapt" / state["weights"]).exists()
     config = json.loads((run / "config.json").read_text())["optimize"]
-    assert config["adapt"] == "retrain" and config["adapt_every"] == 6 and config["adapt_after_plateau"] == 0
+    assert config["adapt"] == "retrain:lr=1e-3" and config["adapt_every"] == 6 and config["adapt_after_plateau"] == 0
+    assert json.loads((run / "optimize" / "run.json").read_text())["adapt"]["lr"] == 1e-3  # the setting reached the run
 
 
 def test_retrained_model_reruns_the_stages_that_read_it(tmp_path, small_file):
