@@ -184,6 +184,18 @@ def _split_method(method: str) -> tuple[str, str]:
     return sampler, adapt
 
 
+def _adapt_settings(method: str) -> dict | None:
+    """The adaptation settings a method runs with (None: it adapts nothing). A runs file
+    records them, so a run made under other defaults is never reused as this method's."""
+    if method == "prior":
+        return None
+    from .optimize.adapt import adapt_config
+
+    sampler, adapt = _split_method(method)
+    config = adapt_config(adapt, None, sampler, False, 1)
+    return None if config is None else config.settings()
+
+
 def benchmark_optimize(model, tasks: Sequence[str] | None = None,
                        samplers: Sequence[str] = ("tpe", "cmaes", "gp", "random"), seeds: int = 3,
                        budgets: Sequence[int] = (1000, 10000), batch_size: int = DEFAULT_BATCH_SIZE,
@@ -270,7 +282,7 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
         for budget in budgets:
             for seed in range(seeds):
                 for method in dict.fromkeys(["prior", *samplers]):  # prior sampling always runs, once
-                    if (row := done.get(name, method, budget, seed)) is not None:
+                    if (row := done.get(name, method, budget, seed, _adapt_settings(method))) is not None:
                         runs.append(row)
                     elif jobs > 1:
                         pending.append((name, method, budget, seed))
@@ -318,7 +330,7 @@ def _one_run(model, objective, method: str, budget: int, seed: int, batch_size: 
 
 def _finished(done: _Checkpoint, name: str, method: str, budget: int, seed: int, s: dict) -> dict:
     row = _summary_row(name, method, budget, seed, s)
-    done.add(name, method, budget, seed, row)
+    done.add(name, method, budget, seed, row, _adapt_settings(method))
     log.info("%s %s budget %d seed %d: AUC top-10 %.4f", name, method, budget, seed, s["auc_top10"])
     return row
 
@@ -396,12 +408,15 @@ def _progress_bar(total: int, show: bool):
 
 class _Checkpoint:
     """Finished runs, one JSON line each, keyed by (task, method, budget, seed) and tied to the
-    model and settings they ran with; lines from other settings are ignored."""
+    model and settings they ran with; lines from other settings are ignored. An adaptive
+    method's line also records its adaptation settings (``_adapt_settings``): a line without
+    them, or with others, is measured again."""
 
     def __init__(self, path: Path | None, settings: dict):
         self.path = path
         self.settings = settings
         self.rows: dict[tuple, dict] = {}
+        self.adapt: dict[tuple, dict | None] = {}
         if path is None or not path.exists():
             return
         with open(path) as fh:
@@ -411,19 +426,26 @@ class _Checkpoint:
                 except json.JSONDecodeError:  # a line cut short by a kill
                     continue
                 if isinstance(rec, dict) and rec.get("settings") == settings and isinstance(rec.get("row"), dict):
-                    self.rows[tuple(rec.get("key", ()))] = rec["row"]
+                    key = tuple(rec.get("key", ()))
+                    self.rows[key], self.adapt[key] = rec["row"], rec.get("adapt")
         if self.rows:
             log.warning("%s: %d finished run(s) reused; delete the file to measure them again",
                         path, len(self.rows))
 
-    def get(self, task: str, method: str, budget: int, seed: int) -> dict | None:
-        return self.rows.get((task, method, budget, seed))
+    def get(self, task: str, method: str, budget: int, seed: int, adapt: dict | None = None) -> dict | None:
+        key = (task, method, budget, seed)
+        if key in self.rows and self.adapt.get(key) != adapt:
+            log.warning("%s %s seed %d: the finished run adapted with other settings; measuring it again",
+                        task, method, seed)
+            return None
+        return self.rows.get(key)
 
-    def add(self, task: str, method: str, budget: int, seed: int, row: dict) -> None:
+    def add(self, task: str, method: str, budget: int, seed: int, row: dict, adapt: dict | None = None) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        rec = {"key": [task, method, budget, seed], "settings": self.settings, "row": row}
+        rec = {"key": [task, method, budget, seed], "settings": self.settings, "row": row,
+               **({"adapt": adapt} if adapt is not None else {})}
         with open(self.path, "a+b") as fh:
             torn = fh.tell() > 0 and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n"
             fh.write((("\n" if torn else "") + json.dumps(rec, default=float) + "\n").encode())

@@ -25,6 +25,7 @@ from molvae import optimize as opt
 from molvae.optimize import loop, region
 from molvae.errors import MolvaeError
 from molvae.optimize import optimize, pareto_mask, sample_prior_baseline, top_k_auc
+from molvae.optimize.adapt import AdaptConfig
 
 HERE = Path(__file__).resolve().parent
 LIBRARY_SIZE = 300  # molecules the stand-in model can decode
@@ -593,6 +594,40 @@ def test_bench_optimize_table_and_resume(fake, tmp_path, monkeypatch):
     benchmark.benchmark_optimize(fake, tasks=["qed"], samplers=["random"], seeds=1, budgets=[24],
                                  batch_size=4, out=out, progress=False)
     assert len(calls) == 1
+
+
+def test_bench_resume_never_reuses_an_adaptive_run_made_with_other_adaptation_settings(fake, tmp_path,
+                                                                                       monkeypatch):
+    """`cmaes+retrain` names the adaptation defaults of the molvae that ran it: once they
+    change (or for a runs file written before the settings were recorded), the run is
+    measured again instead of being passed off as the new default's."""
+    from molvae import benchmark
+
+    out = tmp_path / "bench.md"
+    kw = dict(tasks=["qed"], samplers=["cmaes", "cmaes+retrain"], seeds=1, budgets=[24], batch_size=8,
+              out=out, progress=False)
+    benchmark.benchmark_optimize(fake, **kw)
+    checkpoint = out.with_suffix(".runs.jsonl")
+    recs = [json.loads(x) for x in checkpoint.read_text().splitlines()]
+    adaptive = [r for r in recs if r["key"][1] == "cmaes+retrain"]
+    assert len(adaptive) == 1 and adaptive[0]["adapt"]["lr"] == AdaptConfig().lr
+    assert all("adapt" not in r for r in recs if r["key"][1] != "cmaes+retrain")
+    calls = []
+    real = benchmark.optimize
+    monkeypatch.setattr(benchmark, "optimize", lambda *a, **k: calls.append(k) or real(*a, **k))
+    benchmark.benchmark_optimize(fake, **kw)
+    assert calls == []                                   # same settings: all reused
+    for edit in (lambda r: r["adapt"].update(lr=123.0),  # as if the default lr had been 123
+                 lambda r: r.pop("adapt")):              # a runs file from before the field
+        lines = []
+        for r in map(json.loads, checkpoint.read_text().splitlines()):
+            if r["key"][1] == "cmaes+retrain":
+                edit(r)
+            lines.append(json.dumps(r))
+        checkpoint.write_text("\n".join(lines) + "\n")
+        calls.clear()
+        benchmark.benchmark_optimize(fake, **kw)
+        assert [(c["sampler"], c["adapt"]) for c in calls] == [("cmaes", "retrain")]
 
 
 def test_bench_optimize_compares_a_sampler_with_its_adapting_self(fake, tmp_path, monkeypatch):
