@@ -108,7 +108,7 @@ class AdaptConfig:
     method: str = "retrain"
     every: int = 250              # oracle calls between adaptations
     molecules: int = 256          # rank-weighted draws from the ledger per fine-tune
-    lr: float = 3e-4
+    lr: float = 3e-4              # 1e-3: level on the PMO-20 sum over 3 seeds (docs/benchmarks.md)
     batch_size: int = 32
     rank_k: float = 1e-3          # Tripp et al.'s k in 1 / (k N + rank)
     radius: float = 2.0           # half-width of the next region, sd of the encoded data
