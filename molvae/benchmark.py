@@ -433,8 +433,13 @@ class _Checkpoint:
                         path, len(self.rows))
 
     def get(self, task: str, method: str, budget: int, seed: int, adapt: dict | None = None) -> dict | None:
+        from .optimize.adapt import ADDED_SETTINGS
+
         key = (task, method, budget, seed)
-        if key in self.rows and self.adapt.get(key) != adapt:
+        recorded = self.adapt.get(key)
+        if recorded is not None:  # made before a setting existed: with the value that behaves as before
+            recorded = {**ADDED_SETTINGS, **recorded}
+        if key in self.rows and recorded != adapt:
             log.warning("%s %s seed %d: the finished run adapted with other settings; measuring it again",
                         task, method, seed)
             return None

@@ -182,16 +182,17 @@ KILL_SCRIPT = textwrap.dedent("""
     out = Path({out!r})
     opt.optimize(load_model({model!r}, device="cpu"), Recording(out.parent / {scored!r}),
                  budget={budget}, batch_size=8, seed=0, out_dir=out,
-                 adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau={plateau}), adapt_every={every},
+                 adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau={plateau}, policy={policy}),
+                 adapt_every={every},
                  progress=False)
 """)
 
 
 def _run(tmp_path: Path, model_dir: Path, budget: int, every: int, scored: str, kill_when=None,
-         plateau: int | None = None) -> None:
+         plateau: int | None = None, policy: int = 0) -> None:
     out = tmp_path / "run"
     script = KILL_SCRIPT.format(tests=str(HERE), out=str(out), model=str(model_dir), budget=budget,
-                                every=every, scored=scored, plateau=plateau)
+                                every=every, scored=scored, plateau=plateau, policy=policy)
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "MOLVAE_QUIET": "1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
     if kill_when is None:
@@ -209,18 +210,21 @@ def _rows(out: Path) -> int:
     return sum(1 for _ in open(f)) - 1 if f.exists() else 0
 
 
-def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("policy", [0, 4])
+def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(tiny_model_dir, tmp_path, policy):
+    """With ``policy`` the batches also hold molecules sampled at the best codes, seeded by the
+    ledger: the resumed run must still score each molecule once."""
     budget, every = 48, 16
     out = tmp_path / "run"
     # Killed once the first adaptation is saved and the second round has scored molecules.
-    _run(tmp_path, tiny_model_dir, budget, every, "scored_killed.txt",
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_killed.txt", policy=policy,
          kill_when=lambda o: (o / "adapt" / "state.json").exists() and _rows(o) >= every + 8)
     before = pd.read_csv(out / "molecules.csv")
     assert every + 8 <= len(before) < budget
     state = json.loads((out / "adapt" / "state.json").read_text())
     assert state["round"] >= 1 and state["oracle_calls"][0] == every
 
-    _run(tmp_path, tiny_model_dir, budget, every, "scored_resumed.txt")   # the same command again
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_resumed.txt", policy=policy)  # the same command
     after = pd.read_csv(out / "molecules.csv")
     pd.testing.assert_frame_equal(after.head(len(before)), before)      # nothing lost
     assert list(after["oracle_call"]) == list(range(1, budget + 1))     # continuous
@@ -235,6 +239,7 @@ def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(t
     assert final["oracle_calls"] == [16, 32]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_calls"] == len(before)
+    assert ((after["trial"] == -1).sum() > 0) == (policy > 0)            # the policy's molecules
 
 
 def test_kill_after_the_plateau_adaptation_then_resume(tiny_model_dir, tmp_path):
@@ -263,6 +268,26 @@ def test_kill_after_the_plateau_adaptation_then_resume(tiny_model_dir, tmp_path)
     assert all(b - a == every for a, b in zip(calls, calls[1:]))
     scores = after["score"].to_numpy()
     assert calls[0] - (int(np.argmax(scores[:calls[0]])) + 1) >= plateau  # the plateau came first
+
+
+def test_run_folder_from_before_the_policy_settings_resumes(tiny_model, tmp_path):
+    """A run folder whose run.json predates a setting added to AdaptConfig resumes: the
+    setting's value then is the one that behaves as before (``ADDED_SETTINGS``)."""
+    from molvae.optimize.adapt import ADDED_SETTINGS
+
+    out = tmp_path / "run"
+    kw = dict(batch_size=8, adapt="retrain", adapt_every=16, adapt_after_plateau=0, out_dir=out, progress=False)
+    first = len(optimize(tiny_model, "qed", budget=24, **kw))
+    run = json.loads((out / "run.json").read_text())
+    for key in ADDED_SETTINGS:
+        del run["adapt"][key]
+    (out / "run.json").write_text(json.dumps(run))
+    table = optimize(tiny_model, "qed", budget=40, **kw)
+    assert table.attrs["summary"]["resumed_from_calls"] == first > 0
+    run["adapt"]["policy"] = 16                        # made with the policy on: not this run
+    (out / "run.json").write_text(json.dumps(run))
+    with pytest.raises(MolvaeError, match="policy"):
+        optimize(tiny_model, "qed", budget=48, **kw)
 
 
 def test_resume_refuses_damaged_adapted_weights(tiny_model, tmp_path):
@@ -310,7 +335,44 @@ def test_adapt_spec_sets_any_adaptation_setting_by_name(tiny_model, tmp_path):
     assert table.attrs["summary"]["adapt_oracle_calls"][0] == 8
 
 
+def test_policy_samples_variants_of_the_best_beside_the_search(tiny_model, tmp_path):
+    """``policy=N`` adds N molecules per batch, sampled from the (adapted) decoder at the
+    codes of the best so far: they reach the ledger as trial -1, the sampler hears only its
+    own points, and the same seed gives the same run."""
+    spec = "retrain:policy=4/pool=8/temperature=1.5/radius=8.0/molecules=16/after_plateau=none"
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        table = optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                         out_dir=out, progress=False)
+        runs.append(pd.read_csv(out / "molecules.csv"))
+    df = runs[0]
+    assert list(df["oracle_call"]) == list(range(1, 41)) and df["smiles"].is_unique
+    policy = df[df["trial"] == -1]
+    assert len(policy) > 0 and (df["trial"] >= 0).sum() > 0
+    assert df.loc[df["trial"] >= 0, "trial"].is_unique           # one sampler trial per molecule
+    pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert (run["adapt"]["policy"], run["adapt"]["pool"], run["adapt"]["temperature"]) == (4, 8, 1.5)
+    assert table.attrs["summary"]["adapt_oracle_calls"][0] == 16
+
+    # policy_from_start=false: the first round is the latent search alone.
+    out = tmp_path / "late"
+    optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt=spec + "/policy_from_start=false",
+             adapt_every=16, out_dir=out, progress=False)
+    late = pd.read_csv(out / "molecules.csv")
+    assert (late["trial"].head(16) >= 0).all() and (late["trial"] == -1).sum() > 0
+
+
 @pytest.mark.parametrize("spec,match", [
+    ("retrain:policy=-1", r"policy must be a whole number from 0"),
+    ("retrain:policy=1000000000", r"policy must be a whole number from 0"),
+    ("retrain:policy=1.5", r"policy must be a whole number, got '1.5'"),
+    ("retrain:pool=0", r"pool must be a whole number from 1"),
+    ("retrain:temperature=0", r"temperature must be a number from"),
+    ("retrain:temperature=nan", r"temperature must be a number from"),
+    ("retrain:temperature=1e300", r"temperature must be a number from"),
+    ("retrain:policy_from_start=soon", r"policy_from_start must be true or false"),
     ("retrain:learning_rate=1e-3", r"unknown adapt setting 'learning_rate'.*lr"),
     ("retrain:lr", r"'lr' needs a value"),
     ("retrain:lr=fast", r"adapt setting lr must be a number, got 'fast'"),

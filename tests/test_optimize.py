@@ -630,6 +630,39 @@ def test_bench_resume_never_reuses_an_adaptive_run_made_with_other_adaptation_se
         assert [(c["sampler"], c["adapt"]) for c in calls] == [("cmaes", "retrain")]
 
 
+def test_bench_resume_reuses_adaptive_runs_recorded_before_a_setting_was_added(fake, tmp_path, monkeypatch):
+    """A setting added to AdaptConfig later (``policy`` and its companions) defaults to the
+    behaviour before it: runs recorded without it are the default's, and are reused; a run
+    recorded with it set otherwise is not."""
+    from molvae import benchmark
+    from molvae.optimize.adapt import ADDED_SETTINGS
+
+    out = tmp_path / "bench.md"
+    kw = dict(tasks=["qed"], samplers=["cmaes+retrain"], seeds=1, budgets=[24], batch_size=8, out=out,
+              progress=False)
+    benchmark.benchmark_optimize(fake, **kw)
+    checkpoint = out.with_suffix(".runs.jsonl")
+    calls = []
+    real = benchmark.optimize
+    monkeypatch.setattr(benchmark, "optimize", lambda *a, **k: calls.append(k) or real(*a, **k))
+    recs = [json.loads(x) for x in checkpoint.read_text().splitlines()]
+    rec = next(r for r in recs if r["key"][1] == "cmaes+retrain")
+    assert set(ADDED_SETTINGS) <= set(rec["adapt"])
+
+    def rewrite():
+        checkpoint.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    for key in ADDED_SETTINGS:
+        rec["adapt"].pop(key)                             # as written before the settings existed
+    rewrite()
+    benchmark.benchmark_optimize(fake, **kw)
+    assert calls == []
+    rec["adapt"]["policy"] = 16                           # as if the default had sampled 16
+    rewrite()
+    benchmark.benchmark_optimize(fake, **kw)
+    assert len(calls) == 1
+
+
 def test_bench_optimize_compares_a_sampler_with_its_adapting_self(fake, tmp_path, monkeypatch):
     from molvae import benchmark
 

@@ -86,6 +86,8 @@ twice.
     ledger.py     the molecule ledger: MoleculeLog (molecules.csv, the dedup cache), claims, locks
     storage.py    the Optuna study's storage (journal file, RDB URL) and its background writer
     loop.py       the samplers (make_sampler), the ask -> decode -> score -> tell loop, stop rules
+    adapt.py      model adaptation (AdaptConfig, weighted retraining between rounds, its run files)
+    policy.py     molecules sampled from the adapted decoder at the best codes, beside each batch
     outputs.py    PMO scores (top_k_auc), the summary, top.csv, summary.json, curve.png
     run.py        optimize() and sample_prior_baseline(): settings, resume, worker processes
 

@@ -88,6 +88,7 @@ import numpy as np
 from ..errors import MolvaeError
 from .ledger import MoleculeLog
 from .loop import MAX_BATCH_SIZE, _OptunaProposer, _search, _Settings, _Stats
+from .policy import PolicyProposer
 from .region import SearchSpace, fit_latent_pca, trust_region
 from .storage import _Mirror
 
@@ -98,6 +99,10 @@ DEFAULT_ADAPT = "none"  # by the measurements in the module docstring
 ADAPT_DIR = "adapt"
 STATE_FILE = "state.json"
 STATE_VERSION = 1
+#: Settings added to AdaptConfig after runs were recorded (benchmark runs files, run.json),
+#: with the values that reproduce the runs made before them: a record without one of them
+#: was made with this value.
+ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True}
 MAX_MOLECULES = 100_000  # fine-tuning draws per round: more would stall every round for hours
 
 
@@ -117,6 +122,13 @@ class AdaptConfig:
     # stalls), and adaptation starts there: CMA-ES climbs fastest unadapted, then stops where
     # the decoder's reach ends. None: the first adaptation comes after ``every`` calls.
     after_plateau: int | None = 1000
+    # Molecules per batch sampled from the adapted decoder at the codes of the ``pool`` best
+    # so far, at ``temperature`` (molvae.optimize.policy; 0: the latent search alone), in
+    # every round, or from the first adaptation on with policy_from_start=false.
+    policy: int = 0
+    pool: int = 64
+    temperature: float = 1.0
+    policy_from_start: bool = True
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -128,6 +140,16 @@ class AdaptConfig:
         for name, most in (("molecules", MAX_MOLECULES), ("batch_size", MAX_BATCH_SIZE)):
             if getattr(self, name) > most:
                 raise MolvaeError(f"adapt {name} must be at most {most:,}, got {getattr(self, name):,}")
+        if isinstance(self.policy, bool) or not isinstance(self.policy, int) or not 0 <= self.policy <= MAX_BATCH_SIZE:
+            raise MolvaeError(f"adapt policy must be a whole number from 0 to {MAX_BATCH_SIZE:,}, got {self.policy!r}")
+        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or not 1 <= self.pool <= MAX_MOLECULES:
+            raise MolvaeError(f"adapt pool must be a whole number from 1 to {MAX_MOLECULES:,}, got {self.pool!r}")
+        from ..model import MAX_TEMPERATURE, MIN_TEMPERATURE
+
+        v = self.temperature
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not MIN_TEMPERATURE <= v <= MAX_TEMPERATURE:
+            raise MolvaeError(f"adapt temperature must be a number from {MIN_TEMPERATURE:g} to "
+                              f"{MAX_TEMPERATURE:g}, got {v!r}")
         v = self.after_plateau
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise MolvaeError(f"adapt after_plateau must be a positive integer or None, got {v!r}")
@@ -305,6 +327,16 @@ class Adapter:
         self.history: list[dict] = []
         self._pca = None
         self._encoded: dict[str, list[int] | None] = {}  # the ledger's token ids, for finetune
+        self._codes: dict[str, np.ndarray | None] = {}    # posterior means, for the policy's parents
+
+    def proposer(self, inner, mlog: MoleculeLog):
+        """The round's proposer: ``inner`` (the latent sampler), with the policy's samples
+        beside it when the settings ask for them in this round."""
+        c = self.config
+        if c.policy == 0 or (self.round == 0 and not c.policy_from_start):
+            return inner
+        return PolicyProposer(inner, self.model, mlog, c.policy, c.pool, c.temperature, self.seed,
+                              self.round, self._codes)
 
     # ---------------------------------------------------------------- files
 
@@ -370,6 +402,8 @@ class Adapter:
         self.calls.append(len(mlog))
         fit = finetune(self.model, smiles, scores, self.config, seed=_round_seed(self.seed, self.round),
                        encoded=self._encoded)
+        if not self.config.decoder_only:
+            self._codes.clear()  # the encoder learned too: the policy's parents encode anew
         space = self._region(smiles, scores, space)
         self.history.append({"round": self.round, "oracle_call": len(mlog),
                              "loss": fit["loss"] if math.isfinite(fit["loss"]) else None,
@@ -460,7 +494,8 @@ def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
         patience = settings.patience
         if waiting:  # round 0 ends at the plateau (the user's patience, if shorter, ends the run)
             patience = plateau if patience is None else min(patience, plateau)
-        stats, reason = _search(adapter.model, _OptunaProposer(study, space, mirror), scorer, mlog,
+        stats, reason = _search(adapter.model, adapter.proposer(_OptunaProposer(study, space, mirror), mlog),
+                                scorer, mlog,
                                 dataclasses.replace(settings, budget=until, patience=patience), 0,
                                 time_offset, started)
         total.merge(stats)

@@ -201,10 +201,17 @@ class _PriorProposer:
         pass
 
 
-def _decode(model, z: np.ndarray) -> list[str | None]:
+def _decode(model, z: np.ndarray, temperature: float | None = None, seed: int | None = None
+            ) -> list[str | None]:
+    """Greedy decodes of ``z`` (sampled at ``temperature`` with ``seed`` when given), with
+    the molecules not worth a budget unit as ``None``."""
     import torch
 
-    smiles = model.decode(torch.as_tensor(z, dtype=torch.float32))
+    z = torch.as_tensor(z, dtype=torch.float32)
+    if temperature is None:
+        smiles = model.decode(z)
+    else:
+        smiles = model.decode(z, greedy=False, temperature=temperature, seed=seed)
     # A decode with fewer than 2 heavy atoms is not a molecule worth a budget unit.
     return [s if s is not None and _is_valid_decode(s) else None for s in smiles]
 
@@ -247,7 +254,8 @@ def _search(model, proposer, scorer: _Scorer, mlog: MoleculeLog, settings: _Sett
                 break
             trials, numbers, z = proposer.propose(settings.batch_size, stats)
             t = time.perf_counter()
-            smiles = _decode(model, z)
+            # A proposer may decode its own points (PolicyProposer samples some of them).
+            smiles = proposer.decode(model, z) if hasattr(proposer, "decode") else _decode(model, z)
             stats.time["decode"] += time.perf_counter() - t
 
             t = time.perf_counter()

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .. import chem
 from ..errors import MolvaeError
-from .adapt import AdaptConfig, Adapter, adapt_config, search_with_adaptation
+from .adapt import ADDED_SETTINGS, AdaptConfig, Adapter, adapt_config, search_with_adaptation
 from .ledger import MOLECULES_FILE, MoleculeLog, open_ledger
 from .loop import (DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, MAX_BATCH_SIZE, _decode,
                    _OptunaProposer, _PriorProposer, _search, _Settings, _Stats, make_sampler)
@@ -62,6 +62,8 @@ def _check_run(out: Path, settings: dict[str, Any]) -> bool:
             old = json.loads(path.read_text())
         except ValueError:
             raise MolvaeError(f"{path}: not valid JSON; the run folder is damaged") from None
+        if isinstance(old.get("adapt"), dict):  # written before a setting existed: as it behaved then
+            old["adapt"] = {**ADDED_SETTINGS, **old["adapt"]}
         diff = [k for k in settings if old.get(k) != settings[k]]
         if diff:
             detail = "; ".join(f"{k}: was {old.get(k)!r}, now {settings[k]!r}" for k in diff)

@@ -42,10 +42,11 @@ def run(job):
     from molvae import pmo
     from molvae.model import load_model
     from molvae.optimize import AdaptConfig
+    from molvae.optimize.adapt import parse_adapt
     from molvae.optimize.outputs import top_k_auc
 
-    name, kw = parse_variant(spec)
-    adapt = "none" if name == "cmaes" else AdaptConfig(**kw)
+    name, _, rest = spec.partition(":")
+    adapt = "none" if name == "cmaes" else parse_adapt("retrain:" + rest) if rest else AdaptConfig()
     t = time.perf_counter()
     df = molvae.optimize(load_model(), pmo.objective(task), budget=budget, seed=seed, adapt=adapt, progress=False)
     s = df.attrs["summary"]
