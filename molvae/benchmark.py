@@ -196,6 +196,12 @@ def _adapt_settings(method: str) -> dict | None:
     return None if config is None else config.settings()
 
 
+#: Seeds and oracle calls per run beyond which a benchmark would run for months: PMO's own
+#: table is 3-5 seeds of 10,000 calls.
+MAX_SEEDS = 100
+MAX_BUDGET = 1_000_000
+
+
 def benchmark_optimize(model, tasks: Sequence[str] | None = None,
                        samplers: Sequence[str] = ("tpe", "cmaes", "gp", "random"), seeds: int = 3,
                        budgets: Sequence[int] = (1000, 10000), batch_size: int = DEFAULT_BATCH_SIZE,
@@ -229,8 +235,13 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
     unknown = [t for t in tasks if t not in valid]
     if unknown:
         raise MolvaeError(f"unknown {suite or 'benchmark'} task(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-    if seeds < 1 or not budgets or min(budgets) < 1:
-        raise MolvaeError("bench optimize: seeds and budgets must be >= 1")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise MolvaeError(f"bench optimize: seeds must be a whole number from 1 to {MAX_SEEDS}, got {seeds!r}")
+    budgets = list(budgets)
+    bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BUDGET]
+    if bad or not budgets:
+        raise MolvaeError(f"bench optimize: budgets must be whole numbers from 1 to {MAX_BUDGET:,}, got "
+                          f"{', '.join(map(repr, bad)) if bad else 'none'}")
     if constrained_samplers is None:
         constrained_samplers = list(dict.fromkeys([DEFAULT_SAMPLER, "random"]))
     for method in samplers:

@@ -663,6 +663,25 @@ def test_bench_resume_reuses_adaptive_runs_recorded_before_a_setting_was_added(f
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    ({"seeds": 0}, r"seeds must be a whole number from 1 to 100, got 0"),
+    ({"seeds": 100_000}, r"seeds must be a whole number from 1 to 100, got 100000"),
+    ({"seeds": 2.5}, r"seeds must be a whole number"),
+    ({"budgets": []}, r"budgets must be whole numbers from 1 to 1,000,000"),
+    ({"budgets": [1000, 10**12]}, r"budgets must be whole numbers from 1 to 1,000,000, got 1000000000000"),
+    ({"budgets": [0]}, r"budgets must be whole numbers from 1 to 1,000,000, got 0"),
+    ({"budgets": [1e3]}, r"budgets must be whole numbers"),
+])
+def test_bench_optimize_refuses_absurd_seeds_and_budgets_before_any_run(fake, tmp_path, kwargs, match):
+    """A benchmark of 10^12 calls or 100,000 seeds would run for years: refused at once."""
+    from molvae import benchmark
+
+    args = dict(tasks=["qed"], samplers=["cmaes"], seeds=1, budgets=[24], out=tmp_path / "b.md", progress=False)
+    with pytest.raises(MolvaeError, match=match):
+        benchmark.benchmark_optimize(fake, **{**args, **kwargs})
+    assert not (tmp_path / "b.runs.jsonl").exists()
+
+
 def test_bench_optimize_compares_a_sampler_with_its_adapting_self(fake, tmp_path, monkeypatch):
     from molvae import benchmark
 
