@@ -364,6 +364,42 @@ def test_policy_samples_variants_of_the_best_beside_the_search(tiny_model, tmp_p
     assert (late["trial"].head(16) >= 0).all() and (late["trial"] == -1).sum() > 0
 
 
+def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
+    """crossover=1: every policy point lies on the segment between two pool codes, strictly
+    inside for some; crossover=0 proposes the pool's own codes, drawn as before the setting."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from molvae.optimize.policy import PolicyProposer
+
+    class Inner:
+        def propose(self, n, stats):
+            return [None] * n, list(range(n)), np.zeros((n, 3))
+
+    class Log(list):
+        pass
+
+    parents = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [-4.0, 0.0, 4.0]])
+    log = Log(range(5))
+    props = {x: PolicyProposer(Inner(), None, log, policy=64, pool=3, temperature=1.0, seed=1, round_=2,
+                               codes={}, crossover=x) for x in (0.0, 1.0)}
+    for p in props.values():
+        monkeypatch.setattr(p, "_parents", lambda: parents)
+    stats = SimpleNamespace(time=defaultdict(float))
+    _, numbers, z0 = props[0.0].propose(4, stats)
+    _, _, z1 = props[1.0].propose(4, stats)
+    assert numbers == [0, 1, 2, 3] + [-1] * 64 and z1.shape == (68, 3)
+    assert all(any(np.allclose(row, q) for q in parents) for row in z0[4:])
+    between = 0
+    for row in z1[4:]:
+        on = [(a, b) for a in parents for b in parents
+              if np.allclose(np.cross(row - a, b - a), 0) and -1e-9 <= (row - a) @ (b - a) <= (b - a) @ (b - a) + 1e-9]
+        assert on, row
+        between += not any(np.allclose(row, q) for q in parents)
+    assert between > 32
+    assert props[0.0]._decode_seed == props[1.0]._decode_seed   # same draws before the crossover's
+
+
 @pytest.mark.parametrize("spec,match", [
     ("retrain:policy=-1", r"policy must be a whole number from 0"),
     ("retrain:policy=1000000000", r"policy must be a whole number from 0"),
@@ -373,6 +409,10 @@ def test_policy_samples_variants_of_the_best_beside_the_search(tiny_model, tmp_p
     ("retrain:temperature=nan", r"temperature must be a number from"),
     ("retrain:temperature=1e300", r"temperature must be a number from"),
     ("retrain:policy_from_start=soon", r"policy_from_start must be true or false"),
+    ("retrain:crossover=-0.1", r"crossover must be a number from 0 to 1"),
+    ("retrain:crossover=1.5", r"crossover must be a number from 0 to 1"),
+    ("retrain:crossover=nan", r"crossover must be a number from 0 to 1"),
+    ("retrain:crossover=half", r"crossover must be a number, got 'half'"),
     ("retrain:learning_rate=1e-3", r"unknown adapt setting 'learning_rate'.*lr"),
     ("retrain:lr", r"'lr' needs a value"),
     ("retrain:lr=fast", r"adapt setting lr must be a number, got 'fast'"),

@@ -102,7 +102,8 @@ STATE_VERSION = 1
 #: Settings added to AdaptConfig after runs were recorded (benchmark runs files, run.json),
 #: with the values that reproduce the runs made before them: a record without one of them
 #: was made with this value.
-ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True}
+ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
+                  "crossover": 0.0}
 MAX_MOLECULES = 100_000  # fine-tuning draws per round: more would stall every round for hours
 
 
@@ -129,6 +130,9 @@ class AdaptConfig:
     pool: int = 64
     temperature: float = 1.0
     policy_from_start: bool = True
+    # Share of the policy's parents replaced by a random point on the segment between two
+    # of the pool (a latent crossover, as GAs recombine two good molecules).
+    crossover: float = 0.0
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -150,6 +154,9 @@ class AdaptConfig:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not MIN_TEMPERATURE <= v <= MAX_TEMPERATURE:
             raise MolvaeError(f"adapt temperature must be a number from {MIN_TEMPERATURE:g} to "
                               f"{MAX_TEMPERATURE:g}, got {v!r}")
+        v = self.crossover
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise MolvaeError(f"adapt crossover must be a number from 0 to 1, got {v!r}")
         v = self.after_plateau
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise MolvaeError(f"adapt after_plateau must be a positive integer or None, got {v!r}")
@@ -336,7 +343,7 @@ class Adapter:
         if c.policy == 0 or (self.round == 0 and not c.policy_from_start):
             return inner
         return PolicyProposer(inner, self.model, mlog, c.policy, c.pool, c.temperature, self.seed,
-                              self.round, self._codes)
+                              self.round, self._codes, c.crossover)
 
     # ---------------------------------------------------------------- files
 

@@ -31,13 +31,14 @@ class PolicyProposer:
     molecules to each of its batches."""
 
     def __init__(self, inner, model, mlog: MoleculeLog, policy: int, pool: int, temperature: float,
-                 seed: int, round_: int, codes: dict[str, np.ndarray | None]):
+                 seed: int, round_: int, codes: dict[str, np.ndarray | None], crossover: float = 0.0):
         self.inner = inner
         self.model = model
         self.mlog = mlog
         self.policy = policy
         self.pool = pool
         self.temperature = temperature
+        self.crossover = crossover    # share of parents replaced by a point between two of the pool
         self.seed = seed
         self.round = round_
         self.codes = codes            # SMILES -> posterior mean (None: does not encode); the caller's
@@ -73,6 +74,12 @@ class PolicyProposer:
         rng = np.random.default_rng([self.seed, self.round, len(self.mlog)])
         zp = parents[rng.integers(len(parents), size=self.policy)]
         self._decode_seed = int(rng.integers(2**31 - 1))
+        if self.crossover > 0 and len(parents) > 1:
+            # Drawn after the decode seed, so runs without crossover draw exactly as before.
+            cross = rng.random(self.policy) < self.crossover
+            mates = parents[rng.integers(len(parents), size=self.policy)]
+            u = rng.random((self.policy, 1))
+            zp = np.where(cross[:, None], zp + u * (mates - zp), zp)
         return list(trials) + [None] * self.policy, list(numbers) + [-1] * self.policy, \
             np.concatenate([np.asarray(z, dtype=np.float64), zp.astype(np.float64)])
 
