@@ -372,12 +372,16 @@ def _resolved(pipe: Pipeline, d: dict) -> dict:
             # their stage hashes) stay valid.
             del o["adapt"], o["adapt_every"], o["adapt_after_plateau"]
         else:
-            from .optimize.adapt import AdaptConfig
+            from .optimize.adapt import AdaptConfig, adapt_config
             o["adapt"] = o["adapt"].lower()
             if o["adapt_every"] is None:
                 o["adapt_every"] = AdaptConfig.every
             if o["adapt_after_plateau"] is None:
                 o["adapt_after_plateau"] = AdaptConfig.after_plateau or 0
+            # Every setting the run will use, defaults included: a molvae whose defaults
+            # changed makes the stage stale rather than complete with what it no longer does.
+            o["adapt_settings"] = adapt_config(o["adapt"], o["adapt_every"], o["sampler"].lower(), False, 1,
+                                               o["adapt_after_plateau"]).settings()
     return d
 
 

@@ -261,6 +261,31 @@ def test_optimize_stage_adapts_the_model_and_old_run_folders_stay_complete(tmp_p
     assert json.loads((run / "optimize" / "run.json").read_text())["adapt"]["lr"] == 1e-3  # the setting reached the run
 
 
+def test_optimize_stage_reruns_when_the_adapt_defaults_it_ran_with_change(tmp_path, tiny_model_dir, monkeypatch):
+    """The stage records the adaptation settings it resolved, not only the words of the file:
+    under a molvae whose retrain defaults differ, adapt = "retrain" is stale, not complete."""
+    import dataclasses
+
+    from molvae.optimize import adapt as adapt_mod
+    from molvae.pipeline import run_pipeline
+
+    run = tmp_path / "run"
+    path = tmp_path / "p.toml"
+    body = STALE_PIPE.format(run=run, model=tiny_model_dir, objective="qed")
+    write(path, body.replace('budget = 12', 'budget = 12\nadapt = "retrain"\nadapt_every = 6\nadapt_after_plateau = 0'))
+    run_pipeline(load_pipeline(path), progress=False)
+    assert json.loads((run / "optimize" / "run.json").read_text())["adapt"]["lr"] == adapt_mod.AdaptConfig.lr
+
+    @dataclasses.dataclass
+    class NewDefaults(adapt_mod.AdaptConfig):
+        lr: float = 1e-3
+
+    monkeypatch.setattr(adapt_mod, "AdaptConfig", NewDefaults)
+    run_pipeline(load_pipeline(path), progress=False)
+    assert "[optimize] settings changed: adapt" in (run / "run.log").read_text().split("pipeline p ")[-1]
+    assert json.loads((run / "optimize" / "run.json").read_text())["adapt"]["lr"] == 1e-3
+
+
 def test_retrained_model_reruns_the_stages_that_read_it(tmp_path, small_file):
     """A [train] edit re-runs training and the sampling that used the old model, but not the
     data stage; a section removed from the file takes its results out of the run folder."""
