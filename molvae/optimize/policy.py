@@ -10,9 +10,11 @@ scored well: a mutation operator learned from the objective, as GAs and REINVENT
 policies use, driven from the latent search's own ledger.
 
 Each batch draws ``policy`` parents uniformly from the ``pool`` best molecules of the ledger
-and decodes their posterior means at ``temperature``. The draws are seeded by the run's seed,
-the adaptation round and the ledger's length, so a resumed run proposes what the killed one
-would have. These molecules are not Optuna trials: the ledger records them with trial -1, and
+and decodes their posterior means at ``temperature``; with ``crossover`` > 0 that share of
+the parents is replaced by a random point on the segment between two of the pool (a latent
+crossover: a molecule between two good ones, as the medians and MPOs reward). The draws
+are seeded by the run's seed, the adaptation round and the ledger's length, so a resumed run
+proposes what the killed one would have. These molecules are not Optuna trials: the ledger records them with trial -1, and
 only the sampler's own points are told to it.
 """
 
