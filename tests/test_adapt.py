@@ -182,17 +182,19 @@ KILL_SCRIPT = textwrap.dedent("""
     out = Path({out!r})
     opt.optimize(load_model({model!r}, device="cpu"), Recording(out.parent / {scored!r}),
                  budget={budget}, batch_size=8, seed=0, out_dir=out,
-                 adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau={plateau}, policy={policy}),
+                 adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau={plateau}, policy={policy},
+                                  restart={restart}),
                  adapt_every={every},
                  progress=False)
 """)
 
 
 def _run(tmp_path: Path, model_dir: Path, budget: int, every: int, scored: str, kill_when=None,
-         plateau: int | None = None, policy: int = 0) -> None:
+         plateau: int | None = None, policy: int = 0, restart: bool = True) -> None:
     out = tmp_path / "run"
     script = KILL_SCRIPT.format(tests=str(HERE), out=str(out), model=str(model_dir), budget=budget,
-                                every=every, scored=scored, plateau=plateau, policy=policy)
+                                every=every, scored=scored, plateau=plateau, policy=policy,
+                                restart=restart)
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "MOLVAE_QUIET": "1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
     if kill_when is None:
@@ -210,21 +212,24 @@ def _rows(out: Path) -> int:
     return sum(1 for _ in open(f)) - 1 if f.exists() else 0
 
 
-@pytest.mark.parametrize("policy", [0, 4])
-def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(tiny_model_dir, tmp_path, policy):
+@pytest.mark.parametrize("policy,restart", [(0, True), (4, True), (0, False)])
+def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(tiny_model_dir, tmp_path, policy,
+                                                                             restart):
     """With ``policy`` the batches also hold molecules sampled at the best codes, seeded by the
-    ledger: the resumed run must still score each molecule once."""
+    ledger; with ``restart=False`` one CMA-ES runs across the rounds and the resumed run rebuilds
+    it from all its generations: the resumed run must still score each molecule once."""
     budget, every = 48, 16
     out = tmp_path / "run"
     # Killed once the first adaptation is saved and the second round has scored molecules.
-    _run(tmp_path, tiny_model_dir, budget, every, "scored_killed.txt", policy=policy,
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_killed.txt", policy=policy, restart=restart,
          kill_when=lambda o: (o / "adapt" / "state.json").exists() and _rows(o) >= every + 8)
     before = pd.read_csv(out / "molecules.csv")
     assert every + 8 <= len(before) < budget
     state = json.loads((out / "adapt" / "state.json").read_text())
     assert state["round"] >= 1 and state["oracle_calls"][0] == every
 
-    _run(tmp_path, tiny_model_dir, budget, every, "scored_resumed.txt", policy=policy)  # the same command
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_resumed.txt", policy=policy,
+         restart=restart)  # the same command
     after = pd.read_csv(out / "molecules.csv")
     pd.testing.assert_frame_equal(after.head(len(before)), before)      # nothing lost
     assert list(after["oracle_call"]) == list(range(1, budget + 1))     # continuous
@@ -240,6 +245,8 @@ def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_calls"] == len(before)
     assert ((after["trial"] == -1).sum() > 0) == (policy > 0)            # the policy's molecules
+    if not restart:  # one search region and CMA-ES stream throughout (none of the rounds stalled)
+        assert final["stream"] == 0 and final["space"].endswith(".npz")
 
 
 def test_kill_after_the_plateau_adaptation_then_resume(tiny_model_dir, tmp_path):
@@ -364,6 +371,21 @@ def test_policy_samples_variants_of_the_best_beside_the_search(tiny_model, tmp_p
     assert (late["trial"].head(16) >= 0).all() and (late["trial"] == -1).sum() > 0
 
 
+def test_restart_false_keeps_one_search_across_the_adaptations(tiny_model, tmp_path):
+    """restart=false: the decoder adapts but CMA-ES keeps its region and stream (0) until it
+    stalls; the default restarts it around the best at every adaptation."""
+    streams = {}
+    for restart in (True, False):
+        out = tmp_path / str(restart)
+        optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt_every=12, out_dir=out, progress=False,
+                 adapt=f"retrain:radius=8.0/molecules=16/after_plateau=none/restart={str(restart).lower()}")
+        state = json.loads((out / "adapt" / "state.json").read_text())
+        assert state["round"] >= 2 and len(pd.read_csv(out / "molecules.csv")) == 40
+        streams[restart] = (state["round"], state["stream"])
+    assert streams[True][1] == streams[True][0]
+    assert streams[False][1] < streams[False][0]
+
+
 def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     """crossover=1: every policy point lies on the segment between two pool codes, strictly
     inside for some; crossover=0 proposes the pool's own codes, drawn as before the setting."""
@@ -409,6 +431,7 @@ def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     ("retrain:temperature=nan", r"temperature must be a number from"),
     ("retrain:temperature=1e300", r"temperature must be a number from"),
     ("retrain:policy_from_start=soon", r"policy_from_start must be true or false"),
+    ("retrain:restart=sometimes", r"restart must be true or false"),
     ("retrain:crossover=-0.1", r"crossover must be a number from 0 to 1"),
     ("retrain:crossover=1.5", r"crossover must be a number from 0 to 1"),
     ("retrain:crossover=nan", r"crossover must be a number from 0 to 1"),

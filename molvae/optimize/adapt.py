@@ -103,7 +103,7 @@ STATE_VERSION = 1
 #: with the values that reproduce the runs made before them: a record without one of them
 #: was made with this value.
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
-                  "crossover": 0.0}
+                  "crossover": 0.0, "restart": True}
 MAX_MOLECULES = 100_000  # fine-tuning draws per round: more would stall every round for hours
 
 
@@ -133,6 +133,9 @@ class AdaptConfig:
     # Share of the policy's parents replaced by a random point on the segment between two
     # of the pool (a latent crossover, as GAs recombine two good molecules).
     crossover: float = 0.0
+    # false: CMA-ES keeps its state and region across adaptations (only the decoder under it
+    # changes) and restarts around the best only when it stalls.
+    restart: bool = True
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -330,6 +333,7 @@ class Adapter:
         self.seed = seed
         self.n_components = n_components
         self.round = 0
+        self.stream = 0                # the round whose region and CMA-ES the search is in
         self.calls: list[int] = []     # the oracle call of each round's adaptation
         self.history: list[dict] = []
         self._pca = None
@@ -364,6 +368,7 @@ class Adapter:
                               "restart adaptation from the shipped model, or use a new output folder") from None
         _load_weights(self.model, weights)
         self.round, self.calls = rnd, calls
+        self.stream = int(state.get("stream", rnd))  # runs from before restart=false restarted every round
         self.history = list(state.get("history", []))
         log.info("resuming adaptation round %d (made at oracle call %d)", rnd, calls[-1] if calls else 0)
         return SearchSpace.load(region)
@@ -380,7 +385,8 @@ class Adapter:
         os.replace(tmp, self.dir / f"{stem}.safetensors")
         space.save(self.dir / f"{stem}.npz")
         doc = {"version": STATE_VERSION, "round": self.round, "oracle_calls": self.calls,
-               "weights": f"{stem}.safetensors", "space": f"{stem}.npz", "history": self.history}
+               "weights": f"{stem}.safetensors", "space": f"{stem}.npz", "history": self.history,
+               "stream": self.stream}
         tmp = self.dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
         _fsync(tmp)
@@ -398,9 +404,10 @@ class Adapter:
             return budget
         return min(budget, (self.calls[-1] if self.calls else 0) + self.config.every)
 
-    def adapt(self, mlog: MoleculeLog, space: SearchSpace) -> SearchSpace:
-        """Fine-tune on the ledger, move the region to the best molecule, save; returns the
-        new region (``space``, the current one, when no scored molecule can be encoded)."""
+    def adapt(self, mlog: MoleculeLog, space: SearchSpace, restart: bool = True) -> SearchSpace:
+        """Fine-tune on the ledger, move the region to the best molecule (``restart``), save;
+        returns the new region (``space``, the current one, when it stays or no scored
+        molecule can be encoded)."""
         t = time.perf_counter()
         df = mlog.frame()
         smiles = df["smiles"].tolist()
@@ -411,7 +418,9 @@ class Adapter:
                        encoded=self._encoded)
         if not self.config.decoder_only:
             self._codes.clear()  # the encoder learned too: the policy's parents encode anew
-        space = self._region(smiles, scores, space)
+        if restart:
+            space = self._region(smiles, scores, space)
+            self.stream = self.round
         self.history.append({"round": self.round, "oracle_call": len(mlog),
                              "loss": fit["loss"] if math.isfinite(fit["loss"]) else None,
                              "molecules_per_s": round(fit["molecules_per_s"], 1),
@@ -487,13 +496,15 @@ def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
     One in-memory study carries all rounds (trial numbers continue, the mirror writes them
     all); each round gets a fresh sampler on its own region (``new_sampler(space, round)``),
     whose CMA-ES stream is the round, so a resumed sampler replays only its round's trials.
+    With ``restart=false`` the sampler and region carry on across adaptations (the stream
+    stays that of the last restart) and are renewed only after a stall.
     A round ends at the next adaptation's oracle call or when its sampler stalls; a round
     that stalls without finding a new molecule ends the search.
     """
     total = _Stats()
     total.time["adapt"] = 0.0
     if adapter.round > 0:
-        study.sampler = new_sampler(space, adapter.round)
+        study.sampler = new_sampler(space, adapter.stream)
     plateau = adapter.config.after_plateau
     while True:
         until = adapter.next_call(settings.budget)
@@ -512,8 +523,10 @@ def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
         if not (reason == "budget" or at_plateau or (reason == "stalled" and stats.new > 0)):
             return total, reason
         t = time.perf_counter()
-        space = adapter.adapt(mlog, space)
-        study.sampler = new_sampler(space, adapter.round)
+        restart = adapter.config.restart or reason == "stalled"
+        space = adapter.adapt(mlog, space, restart)
+        if restart:
+            study.sampler = new_sampler(space, adapter.round)
         total.time["adapt"] += time.perf_counter() - t
 
 
