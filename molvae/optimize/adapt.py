@@ -134,7 +134,8 @@ class AdaptConfig:
     # of the pool (a latent crossover, as GAs recombine two good molecules).
     crossover: float = 0.0
     # false: CMA-ES keeps its state and region across adaptations (only the decoder under it
-    # changes) and restarts around the best only when it stalls.
+    # changes) and restarts around the best only when it stalls. Measured far worse (celecoxib
+    # 0.494 vs 0.570, seed 0; docs/benchmarks.md): the converged search needs the fresh start.
     restart: bool = True
 
     def __post_init__(self):
