@@ -97,7 +97,7 @@ class OptimizeSection:
     scaffold: str | None = None         # SMARTS the optimized molecules must contain
     time_limit: float | None = None     # seconds
     compare_prior: bool = True          # also score the same budget of prior samples
-    adapt: str | None = None            # "retrain" (or "retrain:lr=1e-3/..."): fine-tune the model during the search (None/"none": off)
+    adapt: str | None = None            # "retrain" (or "retrain:lr=1e-3/..."): fine-tune the model during the search; "none": off; None/"auto": molvae.optimize's default
     adapt_every: int | None = None      # oracle calls between adaptations (default AdaptConfig.every)
     adapt_after_plateau: int | None = None  # start once the best is this old (default AdaptConfig's; 0: at once)
 
@@ -302,32 +302,40 @@ def _check(pipe: Pipeline, base: Path, where: str) -> None:
 
 
 def _check_adapt(opt: OptimizeSection, where: str) -> None:
-    from .optimize import ADAPT_METHODS, DEFAULT_SAMPLER
-    from .optimize.adapt import adapt_config
+    from .optimize.adapt import ADAPT_CHOICES, is_auto
 
-    if opt.adapt is not None and opt.adapt.lower().partition(":")[0] not in ADAPT_METHODS:
-        raise MolvaeError(f"{where} [optimize] adapt: '{opt.adapt}' is not one of {', '.join(ADAPT_METHODS)}"
-                          f"{_suggest(opt.adapt.lower(), ADAPT_METHODS)}")
-    off = opt.adapt is None or opt.adapt.lower() == "none"
+    if opt.adapt is not None and opt.adapt.lower().partition(":")[0] not in ADAPT_CHOICES:
+        raise MolvaeError(f"{where} [optimize] adapt: '{opt.adapt}' is not one of {', '.join(ADAPT_CHOICES)}"
+                          f"{_suggest(opt.adapt.lower(), ADAPT_CHOICES)}")
     for key, low in (("adapt_every", 1), ("adapt_after_plateau", 0)):
         value = getattr(opt, key)
-        if value is None:
-            continue
-        if off:
-            raise MolvaeError(f"{where} [optimize] {key}: set without adapt; add adapt = \"retrain\" "
-                              f"or remove {key}")
-        if value < low:
+        if value is not None and value < low:
             raise MolvaeError(f"{where} [optimize] {key}: must be >= {low}")
-    if off:
-        return
-    if opt.objectives:
+    if opt.objectives and not is_auto(opt.adapt) and opt.adapt.lower() != "none":
         raise MolvaeError(f"{where} [optimize] adapt: model adaptation searches one objective; give "
                           "objective instead of objectives, or remove adapt")
     try:
-        adapt_config(opt.adapt, opt.adapt_every, (opt.sampler or DEFAULT_SAMPLER).lower(), False, 1,
-                     opt.adapt_after_plateau)
+        config = _adapt_of(opt)
     except MolvaeError as exc:
         raise MolvaeError(f"{where} [optimize] adapt: {exc}") from None
+    if config is None:
+        for key in ("adapt_every", "adapt_after_plateau"):
+            if getattr(opt, key) is not None:
+                raise MolvaeError(f"{where} [optimize] {key}: set, but this search does not adapt; add "
+                                  f"adapt = \"retrain\" or remove {key}")
+
+
+def _adapt_of(opt: OptimizeSection):
+    """The AdaptConfig the stage's search will run with (None: it does not adapt)."""
+    from .optimize import DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER
+    from .optimize.adapt import adapt_config, auto_adapts, is_auto
+
+    multi = bool(opt.objectives)
+    sampler = (opt.sampler or (DEFAULT_MULTI_SAMPLER if multi else DEFAULT_SAMPLER)).lower()
+    if is_auto(opt.adapt) and not auto_adapts(sampler, multi, 1, opt.lead is not None):
+        return None
+    return adapt_config(opt.adapt, opt.adapt_every, sampler, multi, 1, opt.adapt_after_plateau,
+                        lead=opt.lead is not None)
 
 
 # ---------------------------------------------------------------------------- settings used
@@ -367,21 +375,20 @@ def _resolved(pipe: Pipeline, d: dict) -> dict:
             o["min_similarity"] = opt_mod.DEFAULT_SIMILARITY
         if multi:
             o["compare_prior"] = False  # the prior baseline is single-objective only
-        if o["adapt"] is None or o["adapt"].lower() == "none":
+        config = _adapt_of(pipe.optimize)
+        if config is None:
             # Off: left out of the settings, so run folders made before the key existed (and
             # their stage hashes) stay valid.
             del o["adapt"], o["adapt_every"], o["adapt_after_plateau"]
         else:
-            from .optimize.adapt import AdaptConfig, adapt_config
-            o["adapt"] = o["adapt"].lower()
-            if o["adapt_every"] is None:
-                o["adapt_every"] = AdaptConfig.every
-            if o["adapt_after_plateau"] is None:
-                o["adapt_after_plateau"] = AdaptConfig.after_plateau or 0
+            from .optimize.adapt import is_auto
+            # As written ("retrain:lr=1e-3"), or "auto" resolved to what the stage ran with.
+            o["adapt"] = config.method if is_auto(o["adapt"]) else o["adapt"].lower()
+            o["adapt_every"] = config.every
+            o["adapt_after_plateau"] = config.after_plateau or 0
             # Every setting the run will use, defaults included: a molvae whose defaults
             # changed makes the stage stale rather than complete with what it no longer does.
-            o["adapt_settings"] = adapt_config(o["adapt"], o["adapt_every"], o["sampler"].lower(), False, 1,
-                                               o["adapt_after_plateau"]).settings()
+            o["adapt_settings"] = config.settings()
     return d
 
 
@@ -737,8 +744,7 @@ def _stage_optimize(pipe: Pipeline, d: Path, results: dict, progress: bool) -> d
         kwargs["sampler"] = sec.sampler
     if sec.batch_size:
         kwargs["batch_size"] = sec.batch_size
-    if sec.adapt:
-        kwargs.update(adapt=sec.adapt, adapt_every=sec.adapt_every, adapt_after_plateau=sec.adapt_after_plateau)
+    kwargs.update(adapt=sec.adapt, adapt_every=sec.adapt_every, adapt_after_plateau=sec.adapt_after_plateau)
     table = optimize(model, objective, **kwargs)
     info = {"molecules": str(d / "molecules.csv"), "best": float(table["score"].max()) if len(table) and "score" in table else None}
     summary_path = d / "summary.json"

@@ -291,10 +291,25 @@ def test_run_folder_from_before_the_policy_settings_resumes(tiny_model, tmp_path
     (out / "run.json").write_text(json.dumps(run))
     table = optimize(tiny_model, "qed", budget=40, **kw)
     assert table.attrs["summary"]["resumed_from_calls"] == first > 0
-    run["adapt"]["policy"] = 16                        # made with the policy on: not this run
-    (out / "run.json").write_text(json.dumps(run))
+    assert json.loads((out / "run.json").read_text())["adapt"] == run["adapt"]  # kept as it began
+    # Settings asked for explicitly that differ from the run's: refused, naming the setting.
+    explicit = dict(kw, adapt=AdaptConfig(policy=4, policy_from_start=True))
     with pytest.raises(MolvaeError, match="policy"):
-        optimize(tiny_model, "qed", budget=48, **kw)
+        optimize(tiny_model, "qed", budget=48, **explicit)
+
+
+def test_a_run_begun_under_other_retrain_defaults_resumes_with_them(tiny_model, tmp_path):
+    """Re-running the same command after molvae's retrain defaults changed continues the run
+    with the settings it began with (run.json), rather than refusing or mixing the two."""
+    out = tmp_path / "run"
+    kw = dict(batch_size=8, adapt_every=16, adapt_after_plateau=0, out_dir=out, progress=False)
+    began = AdaptConfig(policy=0, policy_from_start=True, lr=1e-3, every=16, after_plateau=None)
+    first = len(optimize(tiny_model, "qed", budget=24, adapt=began, **kw))
+    for spec in ("retrain", None):          # the bare word, and the default (auto)
+        table = optimize(tiny_model, "qed", budget=first + 8, adapt=spec, **kw)
+        assert table.attrs["summary"]["resumed_from_calls"] == first
+        first = len(table)
+        assert json.loads((out / "run.json").read_text())["adapt"] == began.settings()
 
 
 def test_resume_refuses_damaged_adapted_weights(tiny_model, tmp_path):
@@ -449,6 +464,7 @@ def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     ("retrain:lr=1e-3/lr=2e-3", r"'lr' is given twice"),
     ("finetune:lr=1e-3", r"adapt must be one of"),
     ("none:lr=1e-3", r"'none' takes no settings"),
+    ("auto:lr=1e-3", r"'auto' takes no settings"),
     ("retrain:" + "x" * 100_000, r"unknown adapt setting 'xxxxx.*\.\.\."),
 ])
 def test_bad_adapt_specs_are_clear_errors(spec, match):
@@ -471,3 +487,54 @@ def test_cli_adapt_spec_reaches_the_run(tiny_model_dir, tmp_path, capsys):
     assert main(["optimize", "--model", str(tiny_model_dir), "--objective", "qed", "--budget", "8",
                  "--adapt", "retrain:lr=-1", "--out", str(tmp_path / "bad")]) != 0
     assert "lr must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sampler, multi, workers, lead, shared, adapts", [
+    ("cmaes", False, 1, False, False, True),    # the search the PMO table measured
+    ("tpe", False, 1, False, False, False),
+    ("random", False, 1, False, False, False),
+    ("nsga2", True, 1, False, False, False),
+    ("cmaes", False, 2, False, False, False),
+    ("cmaes", False, 1, True, False, False),    # a lead's trust region stays around the lead
+    ("cmaes", False, 1, False, True, False),    # a shared database storage
+])
+def test_auto_adapts_where_the_benchmark_measured_it(sampler, multi, workers, lead, shared, adapts):
+    from molvae.optimize.adapt import DEFAULT_ADAPT, adapt_config
+
+    assert DEFAULT_ADAPT == "auto"
+    for spec in (None, "auto", " AUTO "):
+        config = adapt_config(spec, None, sampler, multi, workers, lead=lead, shared=shared)
+        assert (config == AdaptConfig()) if adapts else config is None
+    if not adapts:  # a setting that would not be used is an error, not silently dropped
+        with pytest.raises(MolvaeError, match="does not adapt"):
+            adapt_config(None, 100, sampler, multi, workers, lead=lead, shared=shared)
+    else:
+        assert adapt_config("auto", 100, sampler, multi, workers, after_plateau=0).every == 100
+
+
+def test_default_search_adapts_but_a_run_begun_unadapted_resumes_unadapted(tiny_model, tmp_path):
+    """The default (auto) retrains a CMA-ES search; a run folder from before the default
+    changed, or begun with adapt="none", resumes without adaptation instead of refusing."""
+    new = tmp_path / "new"
+    optimize(tiny_model, "qed", budget=8, batch_size=4, seed=0, out_dir=new, progress=False)
+    assert json.loads((new / "run.json").read_text())["adapt"] == AdaptConfig().settings()
+
+    old = tmp_path / "old"
+    optimize(tiny_model, "qed", budget=8, batch_size=4, seed=0, out_dir=old, progress=False, adapt="none")
+    assert "adapt" not in json.loads((old / "run.json").read_text())
+    table = optimize(tiny_model, "qed", budget=16, batch_size=4, seed=0, out_dir=old, progress=False)
+    assert len(table) == 16 and table["smiles"].is_unique
+    assert "adapt" not in json.loads((old / "run.json").read_text())
+    assert not (old / "adapt").exists()
+    with pytest.raises(MolvaeError, match="other settings.*adapt"):  # asked for explicitly: refused
+        optimize(tiny_model, "qed", budget=24, batch_size=4, seed=0, out_dir=old, progress=False,
+                 adapt="retrain")
+
+
+def test_until_the_first_adaptation_the_default_search_is_plain_cmaes(tiny_model):
+    """Before its plateau the default (auto) search proposes and scores exactly what
+    adapt="none" does, so short runs cost nothing more."""
+    plain = optimize(tiny_model, "qed", budget=24, batch_size=4, seed=3, progress=False, adapt="none")
+    auto = optimize(tiny_model, "qed", budget=24, batch_size=4, seed=3, progress=False)
+    assert auto.attrs["summary"]["adapt"] == "retrain" and auto.attrs["summary"]["adapt_rounds"] == 0
+    assert list(auto.sort_values("oracle_call")["smiles"]) == list(plain.sort_values("oracle_call")["smiles"])

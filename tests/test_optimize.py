@@ -631,36 +631,35 @@ def test_bench_resume_never_reuses_an_adaptive_run_made_with_other_adaptation_se
 
 
 def test_bench_resume_reuses_adaptive_runs_recorded_before_a_setting_was_added(fake, tmp_path, monkeypatch):
-    """A setting added to AdaptConfig later (``policy`` and its companions) defaults to the
-    behaviour before it: runs recorded without it are the default's, and are reused; a run
-    recorded with it set otherwise is not."""
+    """A setting added to AdaptConfig later (``policy`` and its companions) is read, in a run
+    recorded without it, as the behaviour before it (``ADDED_SETTINGS``): such runs are
+    reused for a method that asks for that behaviour, and measured again for one that runs
+    other values, as ``cmaes+retrain`` does since its defaults sample 16 from the policy."""
     from molvae import benchmark
-    from molvae.optimize.adapt import ADDED_SETTINGS
+    from molvae.optimize.adapt import ADDED_SETTINGS, AdaptConfig
 
+    assert AdaptConfig().policy != ADDED_SETTINGS["policy"]  # the default changed since
     out = tmp_path / "bench.md"
-    kw = dict(tasks=["qed"], samplers=["cmaes+retrain"], seeds=1, budgets=[24], batch_size=8, out=out,
-              progress=False)
+    before = "cmaes+retrain:policy=0/policy_from_start=true"
+    kw = dict(tasks=["qed"], samplers=[before, "cmaes+retrain"], seeds=1, budgets=[24], batch_size=8,
+              out=out, progress=False)
     benchmark.benchmark_optimize(fake, **kw)
     checkpoint = out.with_suffix(".runs.jsonl")
     calls = []
     real = benchmark.optimize
     monkeypatch.setattr(benchmark, "optimize", lambda *a, **k: calls.append(k) or real(*a, **k))
     recs = [json.loads(x) for x in checkpoint.read_text().splitlines()]
-    rec = next(r for r in recs if r["key"][1] == "cmaes+retrain")
-    assert set(ADDED_SETTINGS) <= set(rec["adapt"])
-
-    def rewrite():
-        checkpoint.write_text("".join(json.dumps(r) + "\n" for r in recs))
-
-    for key in ADDED_SETTINGS:
-        rec["adapt"].pop(key)                             # as written before the settings existed
-    rewrite()
+    adaptive = [r for r in recs if r["key"][1] in (before, "cmaes+retrain")]
+    assert len(adaptive) == 2 and all(set(ADDED_SETTINGS) <= set(r["adapt"]) for r in adaptive)
+    for rec in adaptive:
+        for key in ADDED_SETTINGS:
+            rec["adapt"].pop(key)                         # as written before the settings existed
+    checkpoint.write_text("".join(json.dumps(r) + "\n" for r in recs))
     benchmark.benchmark_optimize(fake, **kw)
-    assert calls == []
-    rec["adapt"]["policy"] = 16                           # as if the default had sampled 16
-    rewrite()
+    assert len(calls) == 1                                # only the default's run is measured again
+    assert calls[0]["adapt"] == "retrain"
     benchmark.benchmark_optimize(fake, **kw)
-    assert len(calls) == 1
+    assert len(calls) == 1                                # and then reused
 
 
 @pytest.mark.parametrize("kwargs,match", [

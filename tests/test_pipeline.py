@@ -57,10 +57,12 @@ def small_file(tmp_path_factory, train_smiles):
     ("[train]\nepochs = 1\n", r"\[train\]: needs a \[data\] section"),
     ("[data]\n[train]\nmodel = { dec_hiden = 8 }\n", r"\[train\] model: unknown key 'dec_hiden' \(did you mean 'dec_hidden'\?\)"),
     ("[sample]\nn = 5\n[report]\nlatent_propery = 'qed'\n", r"\[report\]: unknown key 'latent_propery'"),
-    ("[optimize]\nadapt = 'retrian'\n", r"\[optimize\] adapt: 'retrian' is not one of none, retrain \(did you mean 'retrain'\?\)"),
+    ("[optimize]\nadapt = 'retrian'\n", r"\[optimize\] adapt: 'retrian' is not one of auto, none, retrain \(did you mean 'retrain'\?\)"),
     ("[optimize]\nadapt = 'retrain'\nadapt_every = 0\n", r"\[optimize\] adapt_every: must be >= 1"),
-    ("[optimize]\nadapt_every = 100\n", r"\[optimize\] adapt_every: set without adapt"),
-    ("[optimize]\nadapt_after_plateau = 500\n", r"\[optimize\] adapt_after_plateau: set without adapt"),
+    ("[optimize]\nadapt_every = 100\nsampler = 'tpe'\n", r"\[optimize\] adapt_every: set, but this search does not adapt"),
+    ("[optimize]\nadapt_after_plateau = 500\nlead = 'CCO'\n", r"\[optimize\] adapt_after_plateau: set, but this search does not adapt"),
+        ("[optimize]\nadapt = 'none'\nadapt_every = 100\n", r"\[optimize\] adapt_every: set, but this search does not adapt"),
+        ("[optimize]\nadapt = 'auto:lr=1'\n", r"\[optimize\] adapt: adapt 'auto' takes no settings"),
     ("[optimize]\nadapt = 'retrain'\nadapt_after_plateau = -1\n", r"\[optimize\] adapt_after_plateau: must be >= 0"),
     ("[optimize]\nadapt = 'retrain'\nsampler = 'tpe'\n", r"\[optimize\] adapt: .*suits cmaes and random, not 'tpe'"),
     ("[optimize]\nadapt = 'retrain'\nobjectives = { a = 'qed', b = 'logp' }\n", r"\[optimize\] adapt: .*one objective"),
@@ -232,21 +234,26 @@ def test_edited_stage_reruns_and_unchanged_stages_are_kept(tmp_path, tiny_model_
 
 def test_optimize_stage_adapts_the_model_and_old_run_folders_stay_complete(tmp_path, tiny_model_dir):
     """[optimize] adapt = "retrain" runs rounds of model adaptation (their weights in the stage
-    folder); a run folder made before the key existed is not re-run when the file says
-    adapt = "none", the value it ran with."""
+    folder). A stage run with adapt = "none" records no adaptation key, as run folders made
+    before the key existed, so those stay complete under adapt = "none"; left out, adapt is
+    "auto", which adapts this CMA-ES search, so the unadapted stage re-runs."""
     from molvae.pipeline import run_pipeline
 
     run = tmp_path / "run"
     path = tmp_path / "p.toml"
     body = STALE_PIPE.format(run=run, model=tiny_model_dir, objective="qed")
-    write(path, body)
-    run_pipeline(load_pipeline(path), progress=False)
-    stamp = (run / "optimize" / "DONE").stat().st_mtime_ns
-
     write(path, body.replace('budget = 12', 'budget = 12\nadapt = "none"'))
     run_pipeline(load_pipeline(path), progress=False)
-    assert (run / "optimize" / "DONE").stat().st_mtime_ns == stamp
-    assert "[optimize] already complete" in (run / "run.log").read_text().split("pipeline p ")[-1]
+    stage = json.loads((run / "optimize" / "stage.json").read_text())
+    assert not [k for k in json.dumps(stage).split('"') if k.startswith("adapt")]  # as before the key
+    assert "adapt" not in json.loads((run / "optimize" / "run.json").read_text())
+
+    write(path, body)
+    run_pipeline(load_pipeline(path), progress=False)
+    second = (run / "run.log").read_text().split("pipeline p ")[-1]
+    assert "[optimize] settings changed: adapt" in second
+    assert json.loads((run / "optimize" / "run.json").read_text())["adapt"]["method"] == "retrain"
+    assert json.loads((run / "config.json").read_text())["optimize"]["adapt"] == "retrain"
 
     write(path, body.replace('budget = 12', 'budget = 12\nadapt = "retrain:lr=1e-3"\nadapt_every = 6\nadapt_after_plateau = 0'))
     run_pipeline(load_pipeline(path), progress=False)

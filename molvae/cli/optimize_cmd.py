@@ -11,7 +11,7 @@ MODEL_HELP = "model folder (default: the pretrained model shipped in data/models
 def register(sub, bench) -> None:
     from ..optimize import (DEFAULT_BATCH_SIZE, DEFAULT_BOUND, DEFAULT_COMPONENTS, DEFAULT_SAMPLER,
                             DEFAULT_SIMILARITY, DEFAULT_TRUST_RADIUS, SAMPLERS)
-    from ..optimize.adapt import ADAPT_METHODS, DEFAULT_ADAPT, AdaptConfig
+    from ..optimize.adapt import ADAPT_CHOICES, DEFAULT_ADAPT, AdaptConfig
 
     p = sub.add_parser("optimize", help="search the latent space for molecules that score well",
                        description="Optuna searches the VAE's latent space (a PCA box of the encoded "
@@ -52,15 +52,17 @@ def register(sub, bench) -> None:
     p.add_argument("--trust-radius", type=float, default=DEFAULT_TRUST_RADIUS,
                    help="with --lead: trust-region half-width, in sd")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--adapt", default=DEFAULT_ADAPT, metavar="{" + ",".join(ADAPT_METHODS) + "}[:KEY=VALUE/...]",
+    p.add_argument("--adapt", default=DEFAULT_ADAPT, metavar="{" + ",".join(ADAPT_CHOICES) + "}[:KEY=VALUE/...]",
                    help="retrain: once the search stops improving, every --adapt-every calls "
                         "fine-tune a copy of the model on the molecules scored so far and restart "
-                        f"the search around the best (default {DEFAULT_ADAPT}); settings of "
+                        "the search around the best; none: search the shipped model only (faster "
+                        f"with a cheap objective); default {DEFAULT_ADAPT}: retrain with cmaes on "
+                        "one objective without --lead or --workers, none otherwise. Settings of "
                         "AdaptConfig follow a colon, e.g. retrain:lr=1e-3/molecules=768")
     p.add_argument("--adapt-every", type=int, default=None,
-                   help=f"with --adapt retrain: oracle calls between adaptations (default {AdaptConfig.every})")
+                   help=f"when adapting: oracle calls between adaptations (default {AdaptConfig.every})")
     p.add_argument("--adapt-after-plateau", type=int, default=None, metavar="CALLS",
-                   help="with --adapt retrain: start adapting once the best is this many calls old "
+                   help="when adapting: start adapting once the best is this many calls old "
                         f"(default {AdaptConfig.after_plateau}; 0: adapt from the start)")
     p.set_defaults(func=cmd_optimize)
 

@@ -95,7 +95,7 @@ The names below are re-exported for ``from molvae.optimize import ...``; a modul
 read where it is defined (set ``molvae.optimize.region.PCA_MOLECULES``, not a copy here).
 """
 
-from .adapt import ADAPT_METHODS, DEFAULT_ADAPT, AdaptConfig
+from .adapt import ADAPT_CHOICES, ADAPT_METHODS, DEFAULT_ADAPT, AdaptConfig
 from .ledger import MOLECULES_FILE, MoleculeLog
 from .loop import (DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, FAILING_STOP, SAMPLERS,
                    STALL_BATCHES, make_sampler)
@@ -112,5 +112,5 @@ __all__ = [
     "DEFAULT_MULTI_SAMPLER", "DEFAULT_BATCH_SIZE", "DEFAULT_COMPONENTS", "DEFAULT_BOUND",
     "DEFAULT_TRUST_RADIUS", "DEFAULT_SIMILARITY", "PCA_MOLECULES", "STALL_BATCHES", "TOP_N",
     "RUN_FORMAT", "MOLECULES_FILE", "FAILING_STOP", "oversubscription_warning", "AdaptConfig",
-    "ADAPT_METHODS", "DEFAULT_ADAPT",
+    "ADAPT_METHODS", "ADAPT_CHOICES", "DEFAULT_ADAPT",
 ]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .. import chem
 from ..errors import MolvaeError
-from .adapt import ADDED_SETTINGS, AdaptConfig, Adapter, adapt_config, search_with_adaptation
+from .adapt import ADDED_SETTINGS, AdaptConfig, Adapter, adapt_config, is_auto, search_with_adaptation
 from .ledger import MOLECULES_FILE, MoleculeLog, open_ledger
 from .loop import (DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, MAX_BATCH_SIZE, _decode,
                    _OptunaProposer, _PriorProposer, _search, _Settings, _Stats, make_sampler)
@@ -74,6 +74,31 @@ def _check_run(out: Path, settings: dict[str, Any]) -> bool:
     tmp.write_text(json.dumps(_json_safe(settings), indent=1))
     os.replace(tmp, path)
     return False
+
+
+def _resumed_adapt(adapt, out: Path):
+    """``adapt`` for a run in ``out``: a bare ``"auto"`` or ``"retrain"`` (what a command
+    re-run after an upgrade says) resumes with the settings the run began with, so a change
+    of defaults never strands a run; settings given explicitly are checked by _check_run."""
+    bare = is_auto(adapt) or (isinstance(adapt, str) and adapt.strip().lower() == "retrain")
+    try:
+        old = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):  # no run yet; a damaged run.json is _check_run's error
+        return adapt
+    if not bare or not isinstance(old, dict):
+        return adapt
+    recorded = old.get("adapt")
+    if recorded is None:
+        return "none" if is_auto(adapt) else adapt  # begun unadapted (or before "auto" existed)
+    if not isinstance(recorded, dict):
+        return adapt
+    try:
+        config = AdaptConfig(**{**ADDED_SETTINGS, **recorded})
+    except (TypeError, MolvaeError):  # unknown or bad keys: let _check_run name the difference
+        return adapt
+    if config != AdaptConfig(method=config.method, every=config.every, after_plateau=config.after_plateau):
+        log.info("%s: resuming with the adaptation settings the run began with", out)
+    return config
 
 
 def _numeric(name: str, value, minimum: float | None = None, integer: bool = False,
@@ -137,7 +162,11 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
             :attr:`AdaptConfig.after_plateau <molvae.optimize.adapt.AdaptConfig>`, 1000; 0:
             from the start), then fine-tunes a copy of the model on the molecules scored so far
             every ``adapt_every`` calls and restarts the search around the best of them
-            (:mod:`molvae.optimize.adapt`); ``"none"`` (default) keeps the model. An
+            (:mod:`molvae.optimize.adapt`); ``"none"`` keeps the model. ``"auto"``
+            (default, also ``None``) retrains where the PMO benchmark measured it: CMA-ES on
+            one objective, without a lead, workers or a given storage. On resume, ``"auto"``
+            and ``"retrain"`` continue with the settings the run began with (none, or the
+            defaults of the molvae that began it). An
             :class:`~molvae.optimize.adapt.AdaptConfig`, or ``"retrain:lr=1e-3/molecules=768"``
             (:func:`~molvae.optimize.adapt.parse_adapt`), changes its settings.
         allow_code: let an objective file or dict run the ``module:function`` components it
@@ -179,7 +208,10 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
     multi = isinstance(obj, MultiObjective)
     sampler = (sampler or (DEFAULT_MULTI_SAMPLER if multi else DEFAULT_SAMPLER)).lower()
     make_sampler(sampler, seed, batch_size, multi)  # validate the name early
-    adapting = adapt_config(adapt, adapt_every, sampler, multi, workers, adapt_after_plateau)
+    if out_dir is not None:
+        adapt = _resumed_adapt(adapt, Path(out_dir))
+    adapting = adapt_config(adapt, adapt_every, sampler, multi, workers, adapt_after_plateau,
+                            lead=lead is not None, shared=storage is not None)
 
     lead_std = None
     filters = []
