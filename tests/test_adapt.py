@@ -330,9 +330,14 @@ def test_cli_adapt_flag_runs_rounds_and_records_them(tiny_model_dir, tmp_path, c
     rc = main(["optimize", "--model", str(tiny_model_dir), "--objective", "qed", "--budget", "12",
                "--batch-size", "4", "--adapt", "retrain", "--adapt-every", "8", "--adapt-after-plateau", "0",
                "--out", str(out)])
-    assert rc == 0 and "molecules scored" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert rc == 0 and "molecules scored" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["adapt"] == "retrain" and summary["adapt_oracle_calls"][0] == 8
+    # The user is told the model was adapted, from when, and how to search without it.
+    n = summary["adapt_rounds"]
+    assert f"model adapted {n} time{'s' if n != 1 else ''}, from oracle call 8" in printed
+    assert "--adapt none" in printed
     run = json.loads((out / "run.json").read_text())
     assert run["adapt"]["every"] == 8                  # a resume must adapt the same way
     assert json.loads((out / "adapt" / "state.json").read_text())["oracle_calls"][0] == 8

@@ -146,6 +146,11 @@ def cmd_optimize(args) -> int:
           f"top-1 {_fmt(s['top1'])}, top-10 mean {_fmt(s['top10_mean'])}, AUC top-10 {_fmt(s['auc_top10'])}")
     print(f"{s['wall_s']:.1f} s, {s['calls_per_s']:.1f} molecules/s; written to {args.out} "
           "(molecules.csv, top.csv, summary.json, curve.png)")
+    if s.get("adapt_rounds"):
+        n, spent = s["adapt_rounds"], s.get("time", {}).get("adapt_s")
+        print(f"model adapted {n} time{'s' if n != 1 else ''}, from oracle call {s['adapt_oracle_calls'][0]}"
+              + (f" ({spent:.0f} s)" if spent is not None else "")
+              + "; --adapt none searches the shipped model only")
     return 0
 
 
