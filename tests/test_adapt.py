@@ -58,6 +58,13 @@ class Recording:
         return [chem.PROPERTIES["qed"](chem.to_mol(s)) for s in smiles]
 
 
+class Capped(Recording):
+    """Recording's QED capped at 0.3: the top-10 fills with 0.3 early and then stands still."""
+
+    def __call__(self, smiles):
+        return [min(v, 0.3) for v in super().__call__(smiles)]
+
+
 def test_rank_weights_favour_the_best_as_tripp_et_al():
     w = rank_weights(np.array([0.1, 0.9, 0.5, float("nan")]), k=1e-3)
     n = 4
@@ -177,24 +184,25 @@ KILL_SCRIPT = textwrap.dedent("""
     import molvae.optimize.adapt, molvae.optimize.run
     from molvae.model import load_model
     from molvae.optimize.adapt import AdaptConfig
-    from test_adapt import Recording, prior_box
+    from test_adapt import Capped, Recording, prior_box
     molvae.optimize.run.fit_latent_pca = molvae.optimize.adapt.fit_latent_pca = prior_box
     out = Path({out!r})
-    opt.optimize(load_model({model!r}, device="cpu"), Recording(out.parent / {scored!r}),
+    opt.optimize(load_model({model!r}, device="cpu"), {objective}(out.parent / {scored!r}),
                  budget={budget}, batch_size=8, seed=0, out_dir=out,
                  adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau={plateau}, policy={policy},
-                                  restart={restart}),
+                                  restart={restart}, backoff={backoff}),
                  adapt_every={every},
                  progress=False)
 """)
 
 
 def _run(tmp_path: Path, model_dir: Path, budget: int, every: int, scored: str, kill_when=None,
-         plateau: int | None = None, policy: int = 0, restart: bool = True) -> None:
+         plateau: int | None = None, policy: int = 0, restart: bool = True, backoff: int | None = None,
+         objective: str = "Recording") -> None:
     out = tmp_path / "run"
     script = KILL_SCRIPT.format(tests=str(HERE), out=str(out), model=str(model_dir), budget=budget,
                                 every=every, scored=scored, plateau=plateau, policy=policy,
-                                restart=restart)
+                                restart=restart, backoff=backoff, objective=objective)
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "MOLVAE_QUIET": "1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
     if kill_when is None:
@@ -543,3 +551,79 @@ def test_until_the_first_adaptation_the_default_search_is_plain_cmaes(tiny_model
     auto = optimize(tiny_model, "qed", budget=24, batch_size=4, seed=3, progress=False)
     assert auto.attrs["summary"]["adapt"] == "retrain" and auto.attrs["summary"]["adapt_rounds"] == 0
     assert list(auto.sort_values("oracle_call")["smiles"]) == list(plain.sort_values("oracle_call")["smiles"])
+
+
+def test_progress_is_a_rise_of_the_top10_mean_beyond_a_thousandth():
+    """The call at which the running top-10 mean last rose: a rise of 1e-4 (QED creeping in
+    its fourth decimal) is not progress, ten of them add up to it; failed scores are skipped;
+    reading the ledger in pieces gives what reading it at once gives."""
+    from molvae.optimize.adapt import TopProgress
+
+    scores = [0.5] * 10 + [float("nan"), -float("inf")] + [0.6] + [0.5] * 7 + [0.5001] * 20
+    assert TopProgress().last_gain(scores, len(scores)) == 13        # 0.6 raised the mean by 0.01
+    creep = [0.5] * 10 + [0.5011] * 10                                  # each +1.1e-4 on the mean
+    gains = [n for n in range(11, 21) if TopProgress().last_gain(creep, n) == n]
+    assert gains == [20]                                              # the tenth passes 1e-3
+    piecewise = TopProgress()
+    assert [piecewise.last_gain(creep, n) for n in (5, 12, 20)] == [TopProgress().last_gain(creep, n)
+                                                                     for n in (5, 12, 20)]
+    big = [1000.0] * 10 + [1000.5] * 10                                  # tolerance scales with size
+    assert TopProgress().last_gain(big, 20) == 10                     # +0.5 on 1000 is no progress
+    assert TopProgress().last_gain([0.9] + [0.1] * 14, 15) == 10     # filling the top-10 counts
+    assert TopProgress().last_gain([], 0) == 0
+
+
+def test_backoff_doubles_the_gap_between_rounds_while_the_top10_stands_still(tiny_model):
+    """backoff=B: the gap is ``every`` until the top-10 has stood still for B calls, then
+    doubles for each further B calls, to at most 8x; progress brings it back."""
+    from molvae.optimize.adapt import Adapter
+
+    config = AdaptConfig(every=10, backoff=20)
+    scores = list(np.linspace(0, 1, 30)) + [0.0] * 300                 # the last rise at call 30
+    adapter = Adapter(tiny_model, config, None, seed=0, n_components=4)
+    assert [adapter.gap(scores, last) for last in (40, 49, 50, 69, 70, 110, 330)] == [10, 10, 20, 20, 40, 80, 80]
+    assert adapter.gap(scores + [2.0], 331) == 10                      # progress again
+    adapter.calls = [50]
+    assert adapter.next_call(1000, scores) == 70 and adapter.next_call(60, scores) == 60
+    assert Adapter(tiny_model, AdaptConfig(every=10), None, 0, 4).gap(scores, 330) == 10   # off by default
+    for bad in (0, -1, True, 2.5, "1000"):
+        with pytest.raises(MolvaeError, match="backoff must be a positive integer"):
+            AdaptConfig(backoff=bad)
+    from molvae.optimize.adapt import parse_adapt
+
+    assert parse_adapt("retrain:backoff=500").backoff == 500
+    assert parse_adapt("retrain:backoff=none").backoff is None
+    with pytest.raises(MolvaeError, match="backoff must be a whole number, got 'soon'"):
+        parse_adapt("retrain:backoff=soon")
+
+
+def test_a_search_with_backoff_killed_and_resumed_spaces_its_rounds_by_the_ledger(tiny_model_dir, tmp_path):
+    """kill -9 during a search with backoff, then the same command: the killed run's rounds
+    stand, each later round comes no later than the rule reads off the ledger (earlier only
+    when a round's search stalls), and nothing is lost or scored twice."""
+    from molvae.optimize.adapt import Adapter, TopProgress
+
+    budget, every, backoff = 96, 8, 12
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_killed.txt", plateau=8, backoff=backoff,
+         objective="Capped", kill_when=lambda o: (o / "adapt" / "state.json").exists() and _rows(o) >= 24)
+    out = tmp_path / "run"
+    before = pd.read_csv(out / "molecules.csv")
+    killed = json.loads((out / "adapt" / "state.json").read_text())["oracle_calls"]
+    assert len(before) < budget
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_resumed.txt", plateau=8, backoff=backoff,
+         objective="Capped")
+    after = pd.read_csv(out / "molecules.csv")
+    pd.testing.assert_frame_equal(after.head(len(before)), before)
+    assert list(after["oracle_call"]) == list(range(1, len(after) + 1)) and after["smiles"].is_unique
+    resumed = (tmp_path / "scored_resumed.txt").read_text().split()
+    assert not set(resumed) & set(before["smiles"]) and len(resumed) == len(after) - len(before)
+    calls = json.loads((out / "adapt" / "state.json").read_text())["oracle_calls"]
+    assert calls[:len(killed)] == killed and len(calls) > len(killed)
+    rule = Adapter.__new__(Adapter)
+    rule.config, rule._progress = AdaptConfig(every=every, backoff=backoff), TopProgress()
+    scores = list(after["score"])
+    expected = [rule.gap(scores, a) for a in calls[:-1]]
+    assert all(b - a <= g for a, b, g in zip(calls, calls[1:], expected))
+    assert max(expected) > every                                       # the top-10 stood still
+
+

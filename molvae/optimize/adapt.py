@@ -110,7 +110,13 @@ STATE_VERSION = 1
 #: with the values that reproduce the runs made before them: a record without one of them
 #: was made with this value.
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
-                  "crossover": 0.0, "restart": True}
+                  "crossover": 0.0, "restart": True, "backoff": None}
+#: Settings that take a whole number of oracle calls or ``none`` (off).
+CALL_SETTINGS = ("after_plateau", "backoff")
+#: A round counts as progress when the running top-10 mean rose by more than this (relative
+#: to its size, at least 1): QED's top-10 creeps up in the fourth decimal long after it is done.
+PROGRESS_TOL = 1e-3
+BACKOFF_DOUBLINGS = 3   # the gap between rounds grows to at most 2**3 = 8 times ``every``
 MAX_MOLECULES = 100_000  # fine-tuning draws per round: more would stall every round for hours
 
 
@@ -146,6 +152,11 @@ class AdaptConfig:
     # changes) and restarts around the best only when it stalls. Measured far worse (celecoxib
     # 0.494 vs 0.570, seed 0; docs/benchmarks.md): the converged search needs the fresh start.
     restart: bool = True
+    # Once the running top-10 mean has not risen for ``backoff`` oracle calls, the gap
+    # between rounds doubles for each further ``backoff`` calls without progress, up to 8x
+    # ``every``; progress brings the gap back to ``every``. None: a round every ``every``.
+    # A saturated task (QED) then stops paying for fine-tuning rounds that change nothing.
+    backoff: int | None = None
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -170,9 +181,10 @@ class AdaptConfig:
         v = self.crossover
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise MolvaeError(f"adapt crossover must be a number from 0 to 1, got {v!r}")
-        v = self.after_plateau
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise MolvaeError(f"adapt after_plateau must be a positive integer or None, got {v!r}")
+        for name in CALL_SETTINGS:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise MolvaeError(f"adapt {name} must be a positive integer or None, got {v!r}")
         for name in ("lr", "rank_k", "radius"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -227,9 +239,9 @@ def _setting_value(key: str, default: Any, value: str) -> Any:
         if low not in ("true", "false"):
             raise MolvaeError(f"adapt setting {key} must be true or false, got {_short(value)!r}")
         return low == "true"
-    if key == "after_plateau" and low == "none":
+    if key in CALL_SETTINGS and low == "none":
         return None
-    if isinstance(default, int):
+    if isinstance(default, int) or key in CALL_SETTINGS:
         try:
             return int(value)
         except ValueError:
@@ -349,6 +361,7 @@ class Adapter:
         self._pca = None
         self._encoded: dict[str, list[int] | None] = {}  # the ledger's token ids, for finetune
         self._codes: dict[str, np.ndarray | None] = {}    # posterior means, for the policy's parents
+        self._progress = TopProgress()
 
     def proposer(self, inner, mlog: MoleculeLog):
         """The round's proposer: ``inner`` (the latent sampler), with the policy's samples
@@ -407,12 +420,23 @@ class Adapter:
 
     # ---------------------------------------------------------------- one adaptation
 
-    def next_call(self, budget: int) -> int:
+    def next_call(self, budget: int, scores: list[float] | None = None) -> int:
         """The oracle call at which the next adaptation is due (with ``after_plateau``, the
-        first one is due at the plateau: the budget bounds round 0)."""
+        first one is due at the plateau: the budget bounds round 0). With ``backoff``, the gap
+        follows the progress in ``scores`` (oracle order) up to the last round, which the
+        ledger holds after a resume too, so a resumed run spaces its rounds as the killed one."""
         if not self.calls and self.config.after_plateau is not None:
             return budget
-        return min(budget, (self.calls[-1] if self.calls else 0) + self.config.every)
+        last = self.calls[-1] if self.calls else 0
+        return min(budget, last + self.gap(scores, last))
+
+    def gap(self, scores: list[float] | None, last: int) -> int:
+        """Oracle calls from the round at call ``last`` to the next (see ``backoff``)."""
+        every, backoff = self.config.every, self.config.backoff
+        if backoff is None or not scores or last == 0:
+            return every
+        stale = last - self._progress.last_gain(scores, last)
+        return every * 2 ** min(BACKOFF_DOUBLINGS, stale // backoff)
 
     def adapt(self, mlog: MoleculeLog, space: SearchSpace, restart: bool = True) -> SearchSpace:
         """Fine-tune on the ledger, move the region to the best molecule (``restart``), save;
@@ -460,6 +484,43 @@ class Adapter:
 
     def info(self) -> dict[str, Any]:
         return {"adapt": self.config.method, "adapt_rounds": self.round, "adapt_oracle_calls": list(self.calls)}
+
+
+class TopProgress:
+    """The oracle call at which the running top-``k`` mean last rose by more than
+    :data:`PROGRESS_TOL` (relative, at least 1) above its value at the previous such call
+    (or the top-``k`` gained a member), read incrementally: the ledger only grows."""
+
+    def __init__(self, k: int = 10):
+        self.k = k
+        self._top: list[float] = []   # a min-heap of the k best so far
+        self._seen = 0
+        self._anchor = -math.inf
+        self._gain = 0
+
+    def last_gain(self, scores: list[float], upto: int) -> int:
+        import heapq
+
+        upto = min(upto, len(scores))
+        if upto < self._seen:  # another ledger (not expected): start over
+            self.__init__(self.k)
+        for i in range(self._seen, upto):
+            v = float(scores[i])
+            if not math.isfinite(v):
+                continue
+            filling = len(self._top) < self.k
+            if filling:
+                heapq.heappush(self._top, v)
+            elif v > self._top[0]:
+                heapq.heapreplace(self._top, v)
+            else:
+                continue
+            mean = sum(self._top) / len(self._top)
+            # Until there are k scores, each one fills the top-k: that is progress too.
+            if filling or mean > self._anchor + PROGRESS_TOL * max(1.0, abs(self._anchor)):
+                self._anchor, self._gain = mean, i + 1
+        self._seen = max(self._seen, upto)
+        return self._gain
 
 
 def _round_seed(seed: int, rnd: int) -> int:
@@ -517,7 +578,7 @@ def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
         study.sampler = new_sampler(space, adapter.stream)
     plateau = adapter.config.after_plateau
     while True:
-        until = adapter.next_call(settings.budget)
+        until = adapter.next_call(settings.budget, mlog.scores)
         waiting = adapter.round == 0 and plateau is not None
         patience = settings.patience
         if waiting:  # round 0 ends at the plateau (the user's patience, if shorter, ends the run)
