@@ -155,7 +155,9 @@ class AdaptConfig:
     # Once the running top-10 mean has not risen for ``backoff`` oracle calls, the gap
     # between rounds doubles for each further ``backoff`` calls without progress, up to 8x
     # ``every``; progress brings the gap back to ``every``. None: a round every ``every``.
-    # A saturated task (QED) then stops paying for fine-tuning rounds that change nothing.
+    # A saturated task (QED) then stops paying for fine-tuning rounds that change nothing:
+    # backoff=1000 kept QED's AUC at 0.67x the wall time, but cost the isomer tasks 0.02 on one
+    # seed of two, where the top-10 still crept up (docs/benchmarks.md), so it is off.
     backoff: int | None = None
 
     def __post_init__(self):
