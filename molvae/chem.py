@@ -328,14 +328,17 @@ def parallel_map(
 
     ``fn`` must be a module-level function (it is sent to worker processes). Small inputs
     (fewer than ``min_parallel`` items) or ``workers=1`` run in this process, since starting
-    a pool costs more than it saves there.
+    a pool costs more than it saves there; so does a call from a daemonic process, which may
+    not start one.
     """
     from .progress import progress as bar
 
     items = list(items)
     workers = default_workers() if workers is None else max(1, workers)
     show = progress and desc is not None and len(items) >= 1000
-    if workers == 1 or len(items) < min_parallel:
+    # A daemonic process (a worker of the caller's own multiprocessing.Pool, or of molvae's
+    # optimize workers) may not start children: do the work in place there.
+    if workers == 1 or len(items) < min_parallel or mp.current_process().daemon:
         return [fn(x) for x in bar(items, desc=desc, disable=not show)]
     # fork: workers inherit the imported modules, so start-up is milliseconds, not seconds.
     ctx = mp.get_context("fork")

@@ -124,3 +124,20 @@ def test_whitespace_or_control_characters_inside_a_smiles_are_not_silently_cut(r
     smi, reason = chem.standardize(raw)
     assert smi is None and "position 3" in reason
     assert chem.to_mol(raw) is None
+
+
+def _canonical_in_a_pool_worker(smiles):
+    # min_parallel=1 and workers=2 ask parallel_map for a pool of its own.
+    return chem.parallel_map(chem.canonical, smiles, workers=2, min_parallel=1, progress=False)
+
+
+def test_parallel_map_inside_a_pool_worker_runs_in_that_worker():
+    """A chemist's own multiprocessing.Pool (or the benchmark's) runs molvae in daemonic
+    workers, which may not start processes: a cold PCA cache made ``molvae.optimize`` fail there
+    with "daemonic processes are not allowed to have children"."""
+    import multiprocessing as mp
+
+    smiles = ["OCC", "c1ccccc1O", "CC(=O)O"]
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply(_canonical_in_a_pool_worker, (smiles,))
+    assert got == [chem.canonical(s) for s in smiles] == ["CCO", "Oc1ccccc1", "CC(=O)O"]

@@ -182,6 +182,32 @@ def test_bad_arguments_raise_molvae_error(fake):
         optimize(fake, "qed", workers=2, progress=False)
 
 
+_IN_POOL = {}
+
+
+def _optimize_with_workers_in_a_pool_worker(out):
+    try:
+        optimize(_IN_POOL["model"], "qed", budget=8, sampler="random", batch_size=4, workers=2,
+                 out_dir=out, progress=False)
+    except MolvaeError as e:
+        return str(e)
+    return "ran"
+
+
+def test_workers_inside_a_pool_worker_is_a_clear_error(fake, tmp_path):
+    """A daemonic process (a multiprocessing.Pool worker) may not start the search's workers;
+    that used to surface as a bare AssertionError from deep inside multiprocessing."""
+    import multiprocessing as mp
+
+    _IN_POOL["model"] = fake
+    try:
+        with mp.get_context("fork").Pool(1) as pool:
+            msg = pool.apply(_optimize_with_workers_in_a_pool_worker, (str(tmp_path / "run"),))
+    finally:
+        _IN_POOL.clear()
+    assert "workers=1" in msg and "daemonic" in msg
+
+
 def test_an_absurd_batch_size_is_refused_before_any_work(fake):
     # batch_size=10**8 used to ask Optuna for 10**8 trials and decode them: a run that never
     # came back (and a CMA-ES population of 10**8). Both entry points must refuse it at once.

@@ -235,6 +235,10 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
     out = Path(out_dir) if out_dir is not None else None
     if workers > 1 and out is None:
         raise MolvaeError("workers > 1 share a molecule log in a run folder: give out_dir")
+    if workers > 1 and mp.current_process().daemon:
+        raise MolvaeError(f"workers={workers} start processes, which this daemonic process (a "
+                          "multiprocessing.Pool worker) may not: use workers=1 here, or run from a "
+                          "concurrent.futures.ProcessPoolExecutor, whose workers may")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
 
