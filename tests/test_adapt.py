@@ -59,10 +59,11 @@ class Recording:
 
 
 class Capped(Recording):
-    """Recording's QED capped at 0.3: the top-10 fills with 0.3 early and then stands still."""
+    """Recording's QED capped at 0.1, below nearly every molecule's: the top-10 fills with 0.1
+    within the first batches and then stands still, whatever the search finds."""
 
     def __call__(self, smiles):
-        return [min(v, 0.3) for v in super().__call__(smiles)]
+        return [min(v, 0.1) for v in super().__call__(smiles)]
 
 
 def test_rank_weights_favour_the_best_as_tripp_et_al():
