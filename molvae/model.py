@@ -330,7 +330,7 @@ class SequenceVAE(nn.Module):
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, greedy: bool = True, temperature: float = 1.0,
+    def generate(self, z: torch.Tensor, greedy: bool | torch.Tensor = True, temperature: float = 1.0,
                  max_len: int | None = None, generator: torch.Generator | None = None,
                  fused: bool = True) -> torch.Tensor:
         """Decode a batch of latent points at once into id sequences ``(B, L)``.
@@ -340,16 +340,23 @@ class SequenceVAE(nn.Module):
         tokens (default ``seq_len - 1``: the longest training molecule plus ``[eos]``).
         Rows do not start with ``[bos]``. ``[pad]`` and ``[bos]`` are never emitted.
 
+        ``greedy`` may be a boolean per row: those rows take the most likely token, the others
+        sample at ``temperature``, all in one batch (the optimizer's batches mix greedy
+        decodes with sampled ones, and one batch of 32 decodes ~1.4x faster per molecule
+        than two of 16 on a CPU). The sampled rows draw from ``generator`` as they would in a
+        batch of their own.
+
         ``fused`` (GRU decoders, fp32 or bf16) steps the GRU by hand (:meth:`_generate_gru`:
         in fp32 the same tokens, faster); ``False`` runs ``nn.GRU`` one step at a time, the
         reference that ``molvae bench decode`` measures it against.
         """
-        if not greedy and not (MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):  # also refuses nan
+        b = z.size(0)
+        greedy = _greedy_rows(greedy, b, self.device)
+        if greedy is not True and not (MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):  # also refuses nan
             raise MolvaeError(f"temperature must be a number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} "
                               f"when sampling (lower is closer to greedy decoding), got {temperature}")
         max_len = self.config.seq_len - 1 if max_len is None else int(max_len)
         z = z.to(self.device, dtype=self.embedding.weight.dtype)
-        b = z.size(0)
         transformer = self.config.decoder == "transformer"
         if transformer:
             zh = self.latent_to_hidden(z)
@@ -371,11 +378,7 @@ class SequenceVAE(nn.Module):
             logits = self.output(o[:, 0]).float()
             logits[:, self.pad_id] = -math.inf
             logits[:, self.bos_id] = -math.inf
-            if greedy:
-                nxt = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            nxt = _next_tokens(logits, greedy, temperature, generator)
             nxt = nxt.masked_fill(finished, self.pad_id)
             out.append(nxt)
             finished |= nxt == self.eos_id
@@ -389,7 +392,7 @@ class SequenceVAE(nn.Module):
             return torch.empty((b, 0), dtype=torch.long, device=self.device)
         return torch.stack(out, dim=1)
 
-    def _generate_gru(self, z: torch.Tensor, greedy: bool, temperature: float, max_len: int,
+    def _generate_gru(self, z: torch.Tensor, greedy: bool | torch.Tensor, temperature: float, max_len: int,
                       generator: torch.Generator | None) -> torch.Tensor:
         """:meth:`generate` for the GRU decoder, the same GRU equations stepped by hand.
 
@@ -445,11 +448,7 @@ class SequenceVAE(nn.Module):
                 n = torch.tanh(i_n + r * h_n)
                 h[i] = x = n + u * (h[i] - n)                           # (1-u) n + u h
             logits = affine(b_out, x, w_out) + banned
-            if greedy:
-                nxt = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            nxt = _next_tokens(logits, greedy, temperature, generator)
             out[rows, t] = nxt
             done = nxt == self.eos_id
             if bool(done.any()):  # one host sync per step, as in generate()
@@ -458,8 +457,41 @@ class SequenceVAE(nn.Module):
                     return out[:, :t + 1]
                 rows, nxt, gz = rows[keep], nxt[keep], gz[keep]
                 h = [hi[keep] for hi in h]
+                if greedy is not True and greedy is not False:
+                    greedy = greedy[keep]
             tok = nxt
         return out
+
+
+def _greedy_rows(greedy, b: int, device) -> bool | torch.Tensor:
+    """``greedy`` as ``True``, ``False`` or a boolean tensor of ``b`` rows with both kinds."""
+    if isinstance(greedy, bool):
+        return greedy
+    mask = torch.as_tensor(greedy, device=device)
+    if mask.dim() == 0 and mask.dtype == torch.bool:  # a numpy or torch scalar
+        return bool(mask)
+    if mask.dtype != torch.bool or mask.shape != (b,):
+        raise MolvaeError(f"greedy must be True, False or one boolean per latent point ({b}), "
+                          f"got {mask.dtype} of shape {tuple(mask.shape)}")
+    if bool(mask.all()):
+        return True
+    return False if not bool(mask.any()) else mask
+
+
+def _next_tokens(logits: torch.Tensor, greedy: bool | torch.Tensor, temperature: float,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """Each row's next token: the most likely one, or one sampled at ``temperature``
+    (``greedy`` per row: a sampled row draws as it would in a batch of sampled rows alone)."""
+    if greedy is True:
+        return logits.argmax(-1)
+    if greedy is False:
+        return torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(1)
+    nxt = logits.argmax(-1)
+    sampled = ~greedy
+    if bool(sampled.any()):
+        probs = torch.softmax(logits[sampled] / temperature, dim=-1)
+        nxt[sampled] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return nxt
 
 
 # ---------------------------------------------------------------------------- user API
@@ -617,16 +649,22 @@ class MolVAE:
             raise MolvaeError(f"z must have shape (n, {self.latent_dim}), got {tuple(z.shape)}")
         return z
 
-    def decode_ids(self, z, greedy: bool = True, temperature: float = 1.0, max_len: int | None = None,
-                   seed: int | None = None, chunk_size: int = DECODE_CHUNK) -> torch.Tensor:
+    def decode_ids(self, z, greedy: bool | Sequence[bool] = True, temperature: float = 1.0,
+                   max_len: int | None = None, seed: int | None = None,
+                   chunk_size: int = DECODE_CHUNK) -> torch.Tensor:
         """Token ids ``(n, L)`` (on the CPU) decoded from ``z`` in chunks of ``chunk_size``."""
         z = self._as_z(z)
+        greedy = _greedy_rows(greedy, z.size(0), "cpu")
         gen = None
-        if not greedy and seed is not None:
+        if greedy is not True and seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(int(seed))
         net = self._generator()
-        chunks = [net.generate(z[i:i + chunk_size].to(self.device), greedy=greedy,
-                                       temperature=temperature, max_len=max_len, generator=gen).cpu()
+
+        def rows(i):
+            return greedy if isinstance(greedy, bool) else greedy[i:i + chunk_size].to(self.device)
+
+        chunks = [net.generate(z[i:i + chunk_size].to(self.device), greedy=rows(i),
+                               temperature=temperature, max_len=max_len, generator=gen).cpu()
                   for i in range(0, z.size(0), chunk_size)]
         width = max((c.size(1) for c in chunks), default=0)
         out = torch.full((z.size(0), width), self.vocab.pad_id, dtype=torch.long)
@@ -647,12 +685,13 @@ class MolVAE:
         _VOCAB_FOR_WORKERS = self.vocab  # forked workers inherit it
         return parallel_map(_ids_to_smiles_worker, rows, workers=workers, desc="ids->SMILES")
 
-    def decode(self, z, greedy: bool = True, temperature: float = 1.0, max_len: int | None = None,
-               seed: int | None = None) -> list[str | None]:
+    def decode(self, z, greedy: bool | Sequence[bool] = True, temperature: float = 1.0,
+               max_len: int | None = None, seed: int | None = None) -> list[str | None]:
         """Canonical SMILES decoded from latent points ``z`` (``(n, latent_dim)``).
 
         ``greedy=True`` takes the most likely token at each step (deterministic);
         otherwise tokens are sampled at ``temperature`` (reproducible with ``seed``).
+        One boolean per point mixes the two in one batch (``True``: greedy).
         An entry is ``None`` when the decoded SELFIES gives no valid molecule.
         """
         return self.ids_to_smiles(self.decode_ids(z, greedy, temperature, max_len, seed))

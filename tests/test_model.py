@@ -82,6 +82,51 @@ def test_fused_decoding_gives_the_reference_tokens():
     assert (fa - fr).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_greedy_and_sampled_rows_in_one_batch_decode_as_in_batches_of_their_own(fused):
+    # The optimizer decodes its sampler's points greedily and the policy's points sampled in
+    # one batch: each row must come out as the two separate decodes would give it.
+    vae = tiny_vae()
+    with torch.no_grad():  # rows that end at many different steps
+        vae.module.output.bias[vae.vocab.eos_id] = 0.5
+    z = torch.randn(60, vae.latent_dim, generator=torch.Generator().manual_seed(0)) * 2
+    greedy = torch.arange(60) % 3 != 0  # interleaved: 20 sampled rows among 40 greedy ones
+    mixed = vae.module.generate(z, greedy=greedy, temperature=1.5,
+                                generator=torch.Generator().manual_seed(4), fused=fused)
+    alone_g = vae.module.generate(z[greedy], fused=fused)
+    alone_s = vae.module.generate(z[~greedy], greedy=False, temperature=1.5,
+                                  generator=torch.Generator().manual_seed(4), fused=fused)
+    assert torch.equal(mixed[greedy][:, :alone_g.size(1)], alone_g)
+    assert torch.equal(mixed[~greedy][:, :alone_s.size(1)], alone_s)
+    assert (mixed[greedy][:, alone_g.size(1):] == vae.vocab.pad_id).all()
+    assert not torch.equal(alone_s, vae.module.generate(z[~greedy], fused=fused))  # they did sample
+    # Through the user API, in chunks, by a list of flags; all-True is plain greedy decoding.
+    flags = greedy.tolist()
+    assert vae.decode(z, greedy=flags, temperature=1.5, seed=9) == \
+        vae.decode(z, greedy=flags, temperature=1.5, seed=9)
+    assert torch.equal(vae.decode_ids(z, greedy=flags, seed=9, chunk_size=7)[greedy],
+                       vae.decode_ids(z, greedy=flags, seed=9)[greedy])
+    assert vae.decode(z, greedy=[True] * 60) == vae.decode(z)
+
+
+@pytest.mark.parametrize("greedy, match", [
+    ([True, False], "one boolean per latent point"),            # wrong length
+    (torch.ones(4), "one boolean per latent point"),             # not booleans
+    ([[True, False]] * 2, "one boolean per latent point"),       # wrong shape
+])
+def test_a_malformed_greedy_mask_is_a_clear_error(greedy, match):
+    vae = tiny_vae()
+    with pytest.raises(MolvaeError, match=match):
+        vae.decode(torch.zeros(4, vae.latent_dim), greedy=greedy)
+
+
+def test_a_mixed_batch_refuses_an_absurd_temperature_for_its_sampled_rows():
+    vae = tiny_vae()
+    with pytest.raises(MolvaeError, match="temperature"):
+        vae.decode(torch.zeros(2, vae.latent_dim), greedy=[True, False], temperature=float("nan"))
+    vae.decode(torch.zeros(2, vae.latent_dim), greedy=[True, True], temperature=float("nan"))  # no sampling
+
+
 def test_generate_stops_as_soon_as_every_row_has_ended():
     vae = tiny_vae()
     with torch.no_grad():  # a decoder that always says [eos] first

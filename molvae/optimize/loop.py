@@ -201,17 +201,18 @@ class _PriorProposer:
         pass
 
 
-def _decode(model, z: np.ndarray, temperature: float | None = None, seed: int | None = None
-            ) -> list[str | None]:
-    """Greedy decodes of ``z`` (sampled at ``temperature`` with ``seed`` when given), with
-    the molecules not worth a budget unit as ``None``."""
+def _decode(model, z: np.ndarray, temperature: float | None = None, seed: int | None = None,
+            greedy: np.ndarray | None = None) -> list[str | None]:
+    """Greedy decodes of ``z`` (sampled at ``temperature`` with ``seed`` when given, except
+    the rows where ``greedy`` is true), with the molecules not worth a budget unit as ``None``."""
     import torch
 
     z = torch.as_tensor(z, dtype=torch.float32)
     if temperature is None:
         smiles = model.decode(z)
     else:
-        smiles = model.decode(z, greedy=False, temperature=temperature, seed=seed)
+        rows = False if greedy is None else torch.as_tensor(np.asarray(greedy, dtype=bool))
+        smiles = model.decode(z, greedy=rows, temperature=temperature, seed=seed)
     # A decode with fewer than 2 heavy atoms is not a molecule worth a budget unit.
     return [s if s is not None and _is_valid_decode(s) else None for s in smiles]
 
