@@ -126,19 +126,6 @@ def test_finetuning_encodes_each_ledger_molecule_once_and_learns_the_same(tiny_m
         assert torch.equal(a, b)
 
 
-def test_finetuning_batches_molecules_of_similar_length_and_spreads_the_copies_of_one():
-    from molvae.optimize.adapt import _length_order
-
-    lengths = [30, 10, 50, 20, 40, 12]
-    pick = [0, 1, 2, 3, 4, 5, 0, 0, 2, 5]          # molecule 0 drawn 3 times, 2 and 5 twice
-    order = _length_order(pick, lengths)
-    assert sorted(order) == list(range(len(pick)))  # every draw once
-    drawn = [pick[i] for i in order]
-    assert drawn == [1, 5, 3, 0, 4, 2, 5, 0, 2, 0]  # by length, first copies first
-    batches = [drawn[i:i + 3] for i in range(0, len(drawn), 3)]
-    assert all(len(set(b)) == len(b) for b in batches)  # no batch of copies of one molecule
-
-
 def test_optimize_with_adaptation_keeps_the_callers_model(tiny_model, tmp_path):
     fp = model_fingerprint(tiny_model)
     table = optimize(tiny_model, "qed", budget=48, batch_size=8, seed=0,

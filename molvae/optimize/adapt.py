@@ -304,10 +304,8 @@ def finetune(model, smiles: list[str], scores: np.ndarray, config: AdaptConfig, 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             pick = torch.multinomial(torch.as_tensor(w), config.molecules, replacement=True)
-            pick = pick[_length_order(pick.tolist(), (data != vocab.pad_id).sum(1).tolist())]
-            batches = list(pick.split(config.batch_size))
-            for j in torch.randperm(len(batches)).tolist():
-                batch = data[batches[j]]
+            for i in range(0, len(pick), config.batch_size):
+                batch = data[pick[i:i + config.batch_size]]
                 width = int((batch != vocab.pad_id).sum(1).max())
                 batch = batch[:, :max(width, 2)].to(module.device)
                 if config.decoder_only:
@@ -326,20 +324,6 @@ def finetune(model, smiles: list[str], scores: np.ndarray, config: AdaptConfig, 
         module.eval()
     dt = time.perf_counter() - t
     return {"loss": float(np.mean(losses)), "molecules_per_s": config.molecules / dt if dt > 0 else float("nan")}
-
-
-def _length_order(pick: list[int], lengths: list[int]) -> list[int]:
-    """An order of the draws ``pick`` (row numbers) that batches molecules of similar length:
-    a batch runs the GRU to its longest member, and random batches padded ~30 % of their
-    steps (one round 4.9 -> 4.1 s on a 2-core CPU). The k-th copy of a molecule drawn several
-    times sorts with the other k-th copies, so the best molecules, drawn most often, are still
-    learned over several steps, not in one batch of copies."""
-    seen: dict[int, int] = {}
-    keys = []
-    for i in pick:
-        seen[i] = seen.get(i, -1) + 1
-        keys.append((seen[i], lengths[i]))
-    return sorted(range(len(pick)), key=keys.__getitem__)
 
 
 def _decoder_loss(module, ids):
