@@ -191,7 +191,7 @@ KILL_SCRIPT = textwrap.dedent("""
     opt.optimize(load_model({model!r}, device="cpu"), {objective}(out.parent / {scored!r}),
                  budget={budget}, batch_size=8, seed=0, out_dir=out,
                  adapt=AdaptConfig(radius=8.0, molecules=32, after_plateau={plateau}, policy={policy},
-                                  restart={restart}, backoff={backoff}),
+                                  restart={restart}, backoff={backoff}, graph={graph}),
                  adapt_every={every},
                  progress=False)
 """)
@@ -199,11 +199,11 @@ KILL_SCRIPT = textwrap.dedent("""
 
 def _run(tmp_path: Path, model_dir: Path, budget: int, every: int, scored: str, kill_when=None,
          plateau: int | None = None, policy: int = 0, restart: bool = True, backoff: int | None = None,
-         objective: str = "Recording") -> None:
+         objective: str = "Recording", graph: int = 0) -> None:
     out = tmp_path / "run"
     script = KILL_SCRIPT.format(tests=str(HERE), out=str(out), model=str(model_dir), budget=budget,
                                 every=every, scored=scored, plateau=plateau, policy=policy,
-                                restart=restart, backoff=backoff, objective=objective)
+                                restart=restart, backoff=backoff, objective=objective, graph=graph)
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "MOLVAE_QUIET": "1"}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
     if kill_when is None:
@@ -221,16 +221,17 @@ def _rows(out: Path) -> int:
     return sum(1 for _ in open(f)) - 1 if f.exists() else 0
 
 
-@pytest.mark.parametrize("policy,restart", [(0, True), (4, True), (0, False)])
+@pytest.mark.parametrize("policy,restart,graph", [(0, True, 0), (4, True, 0), (0, False, 0), (4, True, 4)])
 def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(tiny_model_dir, tmp_path, policy,
-                                                                             restart):
+                                                                             restart, graph):
     """With ``policy`` the batches also hold molecules sampled at the best codes, seeded by the
-    ledger; with ``restart=False`` one CMA-ES runs across the rounds and the resumed run rebuilds
-    it from all its generations: the resumed run must still score each molecule once."""
+    ledger, and with ``graph`` children of the best made by graph crossover and mutation; with
+    ``restart=False`` one CMA-ES runs across the rounds and the resumed run rebuilds it from all
+    its generations: the resumed run must still score each molecule once."""
     budget, every = 48, 16
     out = tmp_path / "run"
     # Killed once the first adaptation is saved and the second round has scored molecules.
-    _run(tmp_path, tiny_model_dir, budget, every, "scored_killed.txt", policy=policy, restart=restart,
+    _run(tmp_path, tiny_model_dir, budget, every, "scored_killed.txt", policy=policy, restart=restart, graph=graph,
          kill_when=lambda o: (o / "adapt" / "state.json").exists() and _rows(o) >= every + 8)
     before = pd.read_csv(out / "molecules.csv")
     assert every + 8 <= len(before) < budget
@@ -238,7 +239,7 @@ def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(t
     assert state["round"] >= 1 and state["oracle_calls"][0] == every
 
     _run(tmp_path, tiny_model_dir, budget, every, "scored_resumed.txt", policy=policy,
-         restart=restart)  # the same command
+         restart=restart, graph=graph)  # the same command
     after = pd.read_csv(out / "molecules.csv")
     pd.testing.assert_frame_equal(after.head(len(before)), before)      # nothing lost
     assert list(after["oracle_call"]) == list(range(1, budget + 1))     # continuous
@@ -254,6 +255,7 @@ def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_calls"] == len(before)
     assert ((after["trial"] == -1).sum() > 0) == (policy > 0)            # the policy's molecules
+    assert ((after["trial"] == -2).sum() > 0) == (graph > 0)             # the graph children
     if not restart:  # one search region and CMA-ES stream throughout (none of the rounds stalled)
         assert final["stream"] == 0 and final["space"].endswith(".npz")
 
@@ -400,6 +402,28 @@ def test_policy_samples_variants_of_the_best_beside_the_search(tiny_model, tmp_p
     assert (late["trial"].head(16) >= 0).all() and (late["trial"] == -1).sum() > 0
 
 
+def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
+    """``graph=N`` adds up to N molecules per batch made from the pool by graph crossover and
+    mutation: they reach the ledger as trial -2, new, written in the model's vocabulary, and
+    the same seed gives the same run; without the policy the batches hold no sampled ones."""
+    spec = "retrain:policy=0/graph=4/pool=8/radius=8.0/molecules=16/after_plateau=none"
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        optimize(tiny_model, "qed", budget=48, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                 out_dir=out, progress=False)
+        runs.append(pd.read_csv(out / "molecules.csv"))
+    df = runs[0]
+    assert list(df["oracle_call"]) == list(range(1, 49)) and df["smiles"].is_unique
+    children = df[df["trial"] == -2]
+    assert len(children) > 0 and (df["trial"] == -1).sum() == 0
+    assert (df["trial"].head(16) >= 0).all()          # the first round is the latent search alone
+    assert all(tiny_model.vocab.try_encode(s)[0] is not None for s in children["smiles"])
+    pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["adapt"]["graph"] == 4
+
+
 def test_restart_false_keeps_one_search_across_the_adaptations(tiny_model, tmp_path):
     """restart=false: the decoder adapts but CMA-ES keeps its region and stream (0) until it
     stalls; the default restarts it around the best at every adaptation."""
@@ -435,7 +459,8 @@ def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     props = {x: PolicyProposer(Inner(), None, log, policy=64, pool=3, temperature=1.0, seed=1, round_=2,
                                codes={}, crossover=x) for x in (0.0, 1.0)}
     for p in props.values():
-        monkeypatch.setattr(p, "_parents", lambda: parents)
+        monkeypatch.setattr(p, "_top", lambda: ["C", "CC", "CCC"])
+        monkeypatch.setattr(p, "_parents", lambda top: parents)
     stats = SimpleNamespace(time=defaultdict(float))
     _, numbers, z0 = props[0.0].propose(4, stats)
     _, _, z1 = props[1.0].propose(4, stats)
@@ -461,6 +486,10 @@ def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     ("retrain:temperature=1e300", r"temperature must be a number from"),
     ("retrain:policy_from_start=soon", r"policy_from_start must be true or false"),
     ("retrain:restart=sometimes", r"restart must be true or false"),
+    ("retrain:graph=-1", r"graph must be a whole number from 0"),
+    ("retrain:graph=1000000000", r"graph must be a whole number from 0"),
+    ("retrain:graph=2.5", r"graph must be a whole number, got '2.5'"),
+    ("retrain:graph=many", r"graph must be a whole number, got 'many'"),
     ("retrain:crossover=-0.1", r"crossover must be a number from 0 to 1"),
     ("retrain:crossover=1.5", r"crossover must be a number from 0 to 1"),
     ("retrain:crossover=nan", r"crossover must be a number from 0 to 1"),

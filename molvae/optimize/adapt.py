@@ -111,7 +111,7 @@ STATE_VERSION = 1
 #: with the values that reproduce the runs made before them: a record without one of them
 #: was made with this value.
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
-                  "crossover": 0.0, "restart": True, "backoff": None}
+                  "crossover": 0.0, "restart": True, "backoff": None, "graph": 0}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -149,6 +149,9 @@ class AdaptConfig:
     # Share of the policy's parents replaced by a random point on the segment between two
     # of the pool (a latent crossover, as GAs recombine two good molecules).
     crossover: float = 0.0
+    # Children per batch made from the pool by graph crossover and mutation
+    # (molvae.optimize.mutate), in the rounds that have the policy's samples.
+    graph: int = 0
     # false: CMA-ES keeps its state and region across adaptations (only the decoder under it
     # changes) and restarts around the best only when it stalls. Measured far worse (celecoxib
     # 0.494 vs 0.570, seed 0; docs/benchmarks.md): the converged search needs the fresh start.
@@ -173,6 +176,8 @@ class AdaptConfig:
                 raise MolvaeError(f"adapt {name} must be at most {most:,}, got {getattr(self, name):,}")
         if isinstance(self.policy, bool) or not isinstance(self.policy, int) or not 0 <= self.policy <= MAX_BATCH_SIZE:
             raise MolvaeError(f"adapt policy must be a whole number from 0 to {MAX_BATCH_SIZE:,}, got {self.policy!r}")
+        if isinstance(self.graph, bool) or not isinstance(self.graph, int) or not 0 <= self.graph <= MAX_BATCH_SIZE:
+            raise MolvaeError(f"adapt graph must be a whole number from 0 to {MAX_BATCH_SIZE:,}, got {self.graph!r}")
         if isinstance(self.pool, bool) or not isinstance(self.pool, int) or not 1 <= self.pool <= MAX_MOLECULES:
             raise MolvaeError(f"adapt pool must be a whole number from 1 to {MAX_MOLECULES:,}, got {self.pool!r}")
         from ..model import MAX_TEMPERATURE, MIN_TEMPERATURE
@@ -370,10 +375,10 @@ class Adapter:
         """The round's proposer: ``inner`` (the latent sampler), with the policy's samples
         beside it when the settings ask for them in this round."""
         c = self.config
-        if c.policy == 0 or (self.round == 0 and not c.policy_from_start):
+        if (c.policy == 0 and c.graph == 0) or (self.round == 0 and not c.policy_from_start):
             return inner
         return PolicyProposer(inner, self.model, mlog, c.policy, c.pool, c.temperature, self.seed,
-                              self.round, self._codes, c.crossover)
+                              self.round, self._codes, c.crossover, c.graph, self._encoded)
 
     # ---------------------------------------------------------------- files
 

@@ -16,6 +16,10 @@ crossover: a molecule between two good ones, as the medians and MPOs reward). Th
 are seeded by the run's seed, the adaptation round and the ledger's length, so a resumed run
 proposes what the killed one would have. These molecules are not Optuna trials: the ledger records them with trial -1, and
 only the sampler's own points are told to it.
+
+With ``graph`` > 0 each batch also holds that many children of the pool made by graph
+crossover and mutation (:mod:`molvae.optimize.mutate`), new to the ledger and within the
+model's vocabulary and length; the ledger records them with trial -2 (:data:`GRAPH_TRIAL`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ import numpy as np
 
 from .ledger import MoleculeLog
 from .loop import _decode, _Stats
+from .mutate import offspring
+
+POLICY_TRIAL = -1   # the ledger's trial number of a policy sample
+GRAPH_TRIAL = -2    # ... and of a graph crossover/mutation child
 
 
 class PolicyProposer:
@@ -33,7 +41,8 @@ class PolicyProposer:
     molecules to each of its batches."""
 
     def __init__(self, inner, model, mlog: MoleculeLog, policy: int, pool: int, temperature: float,
-                 seed: int, round_: int, codes: dict[str, np.ndarray | None], crossover: float = 0.0):
+                 seed: int, round_: int, codes: dict[str, np.ndarray | None], crossover: float = 0.0,
+                 graph: int = 0, encoded: dict[str, list[int] | None] | None = None):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -44,18 +53,31 @@ class PolicyProposer:
         self.seed = seed
         self.round = round_
         self.codes = codes            # SMILES -> posterior mean (None: does not encode); the caller's
+        self.graph = graph            # graph crossover/mutation children per batch
+        self.encoded = {} if encoded is None else encoded  # SMILES -> token ids (None: does not fit)
         self._n = 0                   # the sampler's share of the current batch
+        self._children: list[str] = []  # the current batch's graph children
         self._decode_seed = 0
 
-    def _parents(self) -> np.ndarray | None:
-        """Posterior means of the ``pool`` best molecules that encode (None: none yet)."""
+    def _top(self) -> list[str]:
+        """The ``pool`` best molecules of the ledger with a finite score, best first."""
         scores = np.asarray(self.mlog.scores, dtype=float)
         if not len(scores):
-            return None
+            return []
         scores = np.where(np.isfinite(scores), scores, -np.inf)
         order = np.argsort(-scores, kind="stable")
         col = self.mlog.columns.index("smiles")
-        top = [self.mlog.rows[i][col] for i in order[:self.pool] if np.isfinite(scores[i])]
+        return [self.mlog.rows[i][col] for i in order[:self.pool] if np.isfinite(scores[i])]
+
+    def _fits(self, smiles: str) -> bool:
+        """Whether the model's vocabulary and length can write ``smiles`` (cached for the
+        fine-tune, which learns only from such molecules)."""
+        if smiles not in self.encoded:
+            self.encoded[smiles] = self.model.vocab.try_encode(smiles)[0]
+        return self.encoded[smiles] is not None
+
+    def _parents(self, top: list[str]) -> np.ndarray | None:
+        """Posterior means of the molecules ``top`` that encode (None: none)."""
         missing = [s for s in top if s not in self.codes]
         if missing:
             mu, _, ok, _ = self.model.try_encode(missing)
@@ -69,10 +91,20 @@ class PolicyProposer:
         trials, numbers, z = self.inner.propose(n, stats)
         self._n = len(z)
         t = time.perf_counter()
-        parents = self._parents()
+        top = self._top()
+        parents = self._parents(top) if top and self.policy else None
+        self._children = []
+        if self.graph and top:
+            # Its own stream, so runs without graph children draw exactly as before.
+            grng = np.random.default_rng([self.seed, self.round, len(self.mlog), 2])
+            self._children = offspring(top, self.graph, grng, known=self.mlog.index, accept=self._fits)
         stats.time["sampler"] += time.perf_counter() - t
+        extra = [POLICY_TRIAL] * (self.policy if parents is not None else 0) \
+            + [GRAPH_TRIAL] * len(self._children)
         if parents is None:
-            return trials, numbers, z
+            zc = np.zeros((len(self._children), np.shape(z)[1]))  # placeholders: not decoded
+            return list(trials) + [None] * len(extra), list(numbers) + extra, \
+                np.concatenate([np.asarray(z, dtype=np.float64), zc])
         rng = np.random.default_rng([self.seed, self.round, len(self.mlog)])
         zp = parents[rng.integers(len(parents), size=self.policy)]
         self._decode_seed = int(rng.integers(2**31 - 1))
@@ -82,14 +114,21 @@ class PolicyProposer:
             mates = parents[rng.integers(len(parents), size=self.policy)]
             u = rng.random((self.policy, 1))
             zp = np.where(cross[:, None], zp + u * (mates - zp), zp)
-        return list(trials) + [None] * self.policy, list(numbers) + [-1] * self.policy, \
-            np.concatenate([np.asarray(z, dtype=np.float64), zp.astype(np.float64)])
+        zc = np.zeros((len(self._children), zp.shape[1]))  # placeholders: not decoded
+        return list(trials) + [None] * len(extra), list(numbers) + extra, \
+            np.concatenate([np.asarray(z, dtype=np.float64), zp.astype(np.float64), zc])
 
     def decode(self, model, z: np.ndarray) -> list[str | None]:
         # The sampler's points greedy and the policy's sampled, in one batch: a batch of 32
-        # decodes ~1.4x faster per molecule than two of 16 on a CPU.
-        greedy = np.arange(len(z)) < self._n
-        return _decode(model, z, temperature=self.temperature, seed=self._decode_seed, greedy=greedy)
+        # decodes ~1.4x faster per molecule than two of 16 on a CPU. The graph children
+        # (the last rows) are molecules already.
+        z = z[:len(z) - len(self._children)]
+        if len(z) == self._n:
+            smiles = _decode(model, z) if len(z) else []
+        else:
+            greedy = np.arange(len(z)) < self._n
+            smiles = _decode(model, z, temperature=self.temperature, seed=self._decode_seed, greedy=greedy)
+        return list(smiles) + list(self._children)
 
     def tell(self, trials, values, smiles, stats: _Stats) -> None:
         n = self._n
