@@ -423,6 +423,14 @@ def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["adapt"]["graph"] == 4
 
+    # graph_from_start=true: children from the first batches on, still no policy samples.
+    out = tmp_path / "early"
+    optimize(tiny_model, "qed", budget=48, batch_size=4, seed=3, adapt=spec + "/graph_from_start=true",
+             adapt_every=16, out_dir=out, progress=False)
+    early = pd.read_csv(out / "molecules.csv")
+    assert (early["trial"].head(16) == -2).any() and (early["trial"] == -1).sum() == 0
+    assert list(early["oracle_call"]) == list(range(1, 49)) and early["smiles"].is_unique
+
 
 def test_restart_false_keeps_one_search_across_the_adaptations(tiny_model, tmp_path):
     """restart=false: the decoder adapts but CMA-ES keeps its region and stream (0) until it

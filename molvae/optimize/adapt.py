@@ -111,7 +111,8 @@ STATE_VERSION = 1
 #: with the values that reproduce the runs made before them: a record without one of them
 #: was made with this value.
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
-                  "crossover": 0.0, "restart": True, "backoff": None, "graph": 0}
+                  "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
+                  "graph_from_start": False}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -150,8 +151,10 @@ class AdaptConfig:
     # of the pool (a latent crossover, as GAs recombine two good molecules).
     crossover: float = 0.0
     # Children per batch made from the pool by graph crossover and mutation
-    # (molvae.optimize.mutate), in the rounds that have the policy's samples.
+    # (molvae.optimize.mutate), in the rounds that have the policy's samples, and before the
+    # first adaptation too with graph_from_start=true.
     graph: int = 0
+    graph_from_start: bool = False
     # false: CMA-ES keeps its state and region across adaptations (only the decoder under it
     # changes) and restarts around the best only when it stalls. Measured far worse (celecoxib
     # 0.494 vs 0.570, seed 0; docs/benchmarks.md): the converged search needs the fresh start.
@@ -375,10 +378,13 @@ class Adapter:
         """The round's proposer: ``inner`` (the latent sampler), with the policy's samples
         beside it when the settings ask for them in this round."""
         c = self.config
-        if (c.policy == 0 and c.graph == 0) or (self.round == 0 and not c.policy_from_start):
+        early = self.round == 0
+        policy = c.policy if not early or c.policy_from_start else 0
+        graph = c.graph if not early or c.policy_from_start or c.graph_from_start else 0
+        if policy == 0 and graph == 0:
             return inner
-        return PolicyProposer(inner, self.model, mlog, c.policy, c.pool, c.temperature, self.seed,
-                              self.round, self._codes, c.crossover, c.graph, self._encoded)
+        return PolicyProposer(inner, self.model, mlog, policy, c.pool, c.temperature, self.seed,
+                              self.round, self._codes, c.crossover, graph, self._encoded)
 
     # ---------------------------------------------------------------- files
 
