@@ -4,9 +4,11 @@
 
 For a run folder of ``molvae optimize`` (or ``molvae.optimize(..., out=DIR)``) with the
 default adaptation, prints per source (the CMA-ES sampler: ledger rows with trial >= 0; the
-policy's sampled variants: trial -1) the points decoded, the new molecules they gave and the
-share of them, and how many of the final top-10 and top-100 each source found. The sampler's
-points are the study journal's trials; the policy's are the summary's trials less those.
+policy's sampled variants: trial -1; graph crossover/mutation children, ``retrain:graph=N``:
+trial -2) the points decoded, the new molecules they gave and the share of them, and how
+many of the final top-10 and top-100 each source found. The sampler's points are the study
+journal's trials; the policy's are the summary's trials less those and the graph children
+(which are new molecules, not decodes).
 """
 import json
 import sys
@@ -20,8 +22,9 @@ def report(run: Path) -> None:
     ledger = pd.read_csv(run / "molecules.csv")
     with open(run / "study.journal") as fh:
         asked = sum(1 for line in fh if '"op_code":4' in line)
-    sources = {"sampler": ledger["trial"] >= 0, "policy": ledger["trial"] == -1}
-    decoded = {"sampler": asked, "policy": summary["trials"] - asked}
+    sources = {"sampler": ledger["trial"] >= 0, "policy": ledger["trial"] == -1, "graph": ledger["trial"] == -2}
+    graph = int(sources["graph"].sum())
+    decoded = {"sampler": asked, "policy": summary["trials"] - asked - graph, "graph": graph}
     first = (summary.get("adapt_oracle_calls") or [None])[0]
     ranked = ledger.sort_values("score", ascending=False)
     print(f"{run}: {len(ledger):,} molecules, first adaptation at call {first}, "
