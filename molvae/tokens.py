@@ -141,6 +141,8 @@ class Vocabulary:
             d = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MolvaeError(f"{path}: vocabulary is not valid JSON ({exc})") from None
+        if isinstance(d, dict) and "tokens" not in d and isinstance(d.get("vocabulary"), dict):
+            d = d["vocabulary"]  # a model folder's model.json holds its vocabulary
         return cls.from_dict(d, str(path))
 
     # ------------------------------------------------------------------ encoding

@@ -97,6 +97,13 @@ class TrainConfig:
     10-minute runs with ``plan_seconds=1200`` make one 20-minute schedule, and ``epochs``
     is ignored; without it the schedule spans ``epochs``. ``stop_after_steps`` ends a run after that many steps (for
     tests and fixed-size chunks).
+
+    ``init_from`` starts a new run from a trained model's weights (e.g. the shipped default:
+    continue its training on a GPU, or on your own molecules). Its architecture and
+    vocabulary are kept (``model`` may change only loss settings such as ``beta_max``), the
+    data must use the same vocabulary, and β stays at ``beta_max`` from the first step unless
+    ``model`` sets a KL schedule: annealing it from 0 again would undo the trained latent space.
+    The optimizer starts fresh (with the warm-up); a checkpoint in ``out_dir`` wins on resume.
     """
 
     epochs: int = 30
@@ -123,6 +130,7 @@ class TrainConfig:
     time_budget_s: float | None = None   # this run's wall-clock budget; ends on a checkpoint
     plan_seconds: float | None = None    # total training time the schedule is planned for
     stop_after_steps: int | None = None  # end this run (on a checkpoint) after N more steps
+    init_from: str | None = None         # a model folder whose weights a new run starts from
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -346,6 +354,39 @@ def _model_config(vocab: Vocabulary, config: TrainConfig, total_steps: int) -> M
     return ModelConfig.from_dict(d, "train config: model")
 
 
+#: ModelConfig keys a warm start may change: the loss, not the shapes of the weights.
+WARM_START_KEYS = ("beta_max", "kl_schedule", "kl_anneal_steps", "kl_cycles", "free_bits",
+                   "dropout", "word_dropout")
+
+
+def _warm_start(config: TrainConfig, vocab: Vocabulary) -> SequenceVAE:
+    """The network of ``config.init_from`` with ``config.model``'s loss settings (see TrainConfig)."""
+    src = Path(config.init_from)
+    trained = load_model(src, device="cpu")  # safetensors, checked name by name: nothing unpickled
+    if trained.vocab.tokens != vocab.tokens:
+        extra = sorted(set(vocab.tokens) - set(trained.vocab.tokens))
+        raise MolvaeError(f"init_from {src}: the data's vocabulary differs from the model's"
+                          + (f" (tokens the model lacks: {', '.join(extra[:10])})" if extra else "")
+                          + f"; prepare the data with its vocabulary: molvae data prepare INPUT --out DIR "
+                          f"--vocab {src / CONFIG_FILE}")
+    if vocab.seq_len > trained.module.config.seq_len:
+        raise MolvaeError(f"init_from {src}: the data hold molecules of {vocab.seq_len} tokens, "
+                          f"longer than the model's {trained.module.config.seq_len}")
+    cfg = asdict(trained.module.config)
+    for key, value in config.model.items():
+        if key not in cfg:
+            raise MolvaeError(f"train config: unknown model key {key!r}")
+        if key not in WARM_START_KEYS and value != cfg[key]:
+            raise MolvaeError(f"init_from {src}: model.{key} is {cfg[key]!r} in that model and cannot "
+                              f"change in a warm start (only {', '.join(WARM_START_KEYS)} can)")
+        cfg[key] = value
+    if "kl_schedule" not in config.model:
+        cfg["kl_schedule"] = "constant"
+    module = SequenceVAE(ModelConfig.from_dict(cfg, f"{src / CONFIG_FILE}: config"))
+    module.load_state_dict(trained.module.state_dict())
+    return module
+
+
 def _train_step(net, module: SequenceVAE, optimizer, ids: torch.Tensor, step: int,
                 config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
     """One optimizer step; ``net`` is ``module`` or its DDP wrapper (whose forward syncs grads)."""
@@ -494,6 +535,10 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, callback, rank: i
         if len(vocab) != model_config.vocab_size or vocab.tokens != read_model_json(ckpt)["vocabulary"]["tokens"]:
             raise MolvaeError(f"cannot resume {out}: the data's vocabulary differs from the checkpoint's")
         log.info("resuming %s after epoch %d (step %d)", out, state["epoch"], state["step"])
+    elif config.init_from:
+        module = _warm_start(config, vocab)
+        model_config = module.config
+        log.info("starting from the weights of %s", config.init_from)
     else:
         model_config = _model_config(vocab, config, total_steps)
         module = SequenceVAE(model_config)

@@ -272,3 +272,55 @@ def test_train_command_takes_a_time_budget(tmp_path, train_smiles):
     again = json.loads((find_checkpoint(tmp_path / "run") / "state.json").read_text())
     assert again["step"] > state["step"]
     assert main(args[:-2] + ["--time-budget", "-5"]) == 1   # nonsense is refused
+
+
+def test_a_warm_start_continues_a_trained_model(small_smiles, tmp_path):
+    """``init_from`` starts from a trained model's weights (continuing the shipped model on a
+    GPU): its first epoch validates far below a fresh run's, β stays at its final value from
+    the first step, and only loss settings may change."""
+    data = make_data(small_smiles[:96])
+    train(data, tmp_path / "first", config(epochs=6))
+    first = read_metrics(tmp_path / "first")
+    fresh = first[0]                                                       # a fresh run's first epoch
+    warm_summary = train(data, tmp_path / "warm", config(epochs=1, init_from=str(tmp_path / "first"),
+                                                         model={"word_dropout": 0.0}))
+    warm = read_metrics(tmp_path / "warm")[0]
+    assert float(warm["val_loss"]) < float(fresh["val_loss"]) - 5, (warm, fresh)
+    assert float(warm["val_loss"]) < float(first[-1]["val_loss"]) + 2   # it kept what it learnt
+    beta_max = load_model(tmp_path / "first", device="cpu").module.config.beta_max
+    assert float(warm["beta"]) == pytest.approx(beta_max)                 # no second annealing
+    assert warm_summary["model_config"]["kl_schedule"] == "constant"
+    assert warm_summary["model_config"]["word_dropout"] == 0.0            # a loss setting may change
+    assert load_model(tmp_path / "warm", device="cpu").latent_dim == TINY["latent_dim"]
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("missing", r"not found|no such|does not exist"),
+    ("shape", r"model\.dec_hidden is 48 in that model and cannot change"),
+    ("vocab", r"vocabulary differs from the model's .*--vocab"),
+])
+def test_a_warm_start_refuses_what_cannot_continue(small_smiles, tmp_path, problem, message):
+    data = make_data(small_smiles[:64])
+    train(data, tmp_path / "first", config(epochs=1))
+    src, cfg_model, use = str(tmp_path / "first"), dict(TINY), data
+    if problem == "missing":
+        src = str(tmp_path / "no-such-model")
+    elif problem == "shape":
+        cfg_model["dec_hidden"] = 64
+    else:  # a vocabulary built from other molecules (brominated, so it has a token more)
+        use = make_data(["BrCCCCBr", "BrC1CCCCC1"] * 10 + small_smiles[:16], n_valid=4)
+    with pytest.raises(MolvaeError, match=message):
+        train(use, tmp_path / "warm", config(epochs=1, init_from=src, model=cfg_model))
+
+
+def test_a_model_json_gives_its_vocabulary_to_data_prepare(tmp_path, train_smiles):
+    """``molvae data prepare --vocab MODEL/model.json`` reuses a model's vocabulary, as a warm
+    start on one's own molecules needs."""
+    from molvae.data import prepare
+    from molvae.model import default_model_dir
+
+    src = tmp_path / "m.smi"
+    src.write_text("\n".join(train_smiles[:40]) + "\n")
+    prep = prepare(src, tmp_path / "prep", vocab=default_model_dir() / "model.json", progress=False)
+    model = load_model(None, device="cpu")
+    assert prep.vocab.tokens == model.vocab.tokens

@@ -61,6 +61,8 @@ def _train(args: argparse.Namespace) -> int:
         settings["time_budget_s"] = args.time_budget
     if args.plan_seconds is not None:
         settings["plan_seconds"] = args.plan_seconds
+    if args.init_from is not None:
+        settings["init_from"] = args.init_from
     summary = train(args.data, args.out, TrainConfig.from_dict(settings), resume=args.resume)
     last = summary["last"] or {}
     print(f"{summary['status']}: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
@@ -184,6 +186,9 @@ def register(subparsers, bench) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 on CUDA")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from this model folder's weights (e.g. data/models/default): its "
+                        "architecture and vocabulary, beta at its final value, a fresh optimizer")
     p.set_defaults(func=_train)
 
     f = subparsers.add_parser("fit-prior", help="fit the latent prior that sampling draws from",
