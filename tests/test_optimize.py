@@ -660,13 +660,14 @@ def test_bench_resume_reuses_adaptive_runs_recorded_before_a_setting_was_added(f
     """A setting added to AdaptConfig later (``policy`` and its companions) is read, in a run
     recorded without it, as the behaviour before it (``ADDED_SETTINGS``): such runs are
     reused for a method that asks for that behaviour, and measured again for one that runs
-    other values, as ``cmaes+retrain`` does since its defaults sample 16 from the policy."""
+    other values, as ``cmaes+retrain`` does since its defaults sample 16 from the policy and
+    add 8 graph children."""
     from molvae import benchmark
     from molvae.optimize.adapt import ADDED_SETTINGS, AdaptConfig
 
     assert AdaptConfig().policy != ADDED_SETTINGS["policy"]  # the default changed since
     out = tmp_path / "bench.md"
-    before = "cmaes+retrain:policy=0/policy_from_start=true"
+    before = "cmaes+retrain:policy=0/policy_from_start=true/graph=0"
     kw = dict(tasks=["qed"], samplers=[before, "cmaes+retrain"], seeds=1, budgets=[24], batch_size=8,
               out=out, progress=False)
     benchmark.benchmark_optimize(fake, **kw)

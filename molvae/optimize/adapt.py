@@ -152,10 +152,11 @@ class AdaptConfig:
     crossover: float = 0.0
     # Children per batch made from the pool by graph crossover and mutation
     # (molvae.optimize.mutate), in the rounds that have the policy's samples, and before the
-    # first adaptation too with graph_from_start=true. graph=8: PMO-20 seed 0 12.21 against
-    # 12.02 (+1.6 %, celecoxib 0.642 vs 0.559), inside the defaults' seed spread (12.02-12.51),
-    # so off until seeds 1-2 agree (docs/benchmarks.md).
-    graph: int = 0
+    # first adaptation too with graph_from_start=true. 8: PMO-20 sums 12.21 / 13.18 / 12.41 on
+    # seeds 0-2 against 12.02 / 12.51 / 12.17 with graph=0 (+3.0 %; celecoxib 0.718 vs 0.592,
+    # valsartan 0.42 on seed 1 where nothing had scored; mestranol 0.736 vs 0.796;
+    # docs/benchmarks.md). 0: the policy and the latent search alone.
+    graph: int = 8
     graph_from_start: bool = False
     # false: CMA-ES keeps its state and region across adaptations (only the decoder under it
     # changes) and restarts around the best only when it stalls. Measured far worse (celecoxib
