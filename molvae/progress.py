@@ -1,4 +1,4 @@
-"""Progress bars that respect ``--quiet`` (env MOLVAE_QUIET=1) and stay off in pipes."""
+"""Progress bars that respect ``--quiet`` (env MOLVAE_QUIET=1)."""
 
 from __future__ import annotations
 
