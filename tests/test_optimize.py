@@ -77,6 +77,14 @@ class FakeVAE:
     def sample_prior(self, n, seed=None):
         return torch.randn((n, self.latent_dim), generator=torch.Generator().manual_seed(seed or 0))
 
+    class vocab:
+        """Writes any molecule of up to 80 SMILES characters (the default search's graph
+        children must fit the model's vocabulary and length)."""
+
+        @staticmethod
+        def try_encode(smiles):
+            return ([ord(c) for c in smiles], None) if len(smiles) <= 80 else (None, "too long")
+
 
 class Counting:
     """A custom objective (list[str] -> list[float]) that records every molecule it scores."""
@@ -661,13 +669,13 @@ def test_bench_resume_reuses_adaptive_runs_recorded_before_a_setting_was_added(f
     recorded without it, as the behaviour before it (``ADDED_SETTINGS``): such runs are
     reused for a method that asks for that behaviour, and measured again for one that runs
     other values, as ``cmaes+retrain`` does since its defaults sample 16 from the policy and
-    add 8 graph children."""
+    add 32 graph children from the start."""
     from molvae import benchmark
     from molvae.optimize.adapt import ADDED_SETTINGS, AdaptConfig
 
     assert AdaptConfig().policy != ADDED_SETTINGS["policy"]  # the default changed since
     out = tmp_path / "bench.md"
-    before = "cmaes+retrain:policy=0/policy_from_start=true/graph=0"
+    before = "cmaes+retrain:policy=0/policy_from_start=true/graph=0/graph_from_start=false"
     kw = dict(tasks=["qed"], samplers=[before, "cmaes+retrain"], seeds=1, budgets=[24], batch_size=8,
               out=out, progress=False)
     benchmark.benchmark_optimize(fake, **kw)

@@ -53,7 +53,8 @@ def register(sub, bench) -> None:
                    help="with --lead: trust-region half-width, in sd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapt", default=DEFAULT_ADAPT, metavar="{" + ",".join(ADAPT_CHOICES) + "}[:KEY=VALUE/...]",
-                   help="retrain: once the search stops improving, every --adapt-every calls "
+                   help="retrain: graph crossover and mutation children of the best beside "
+                        "each batch, and once the search stops improving, every --adapt-every calls "
                         "fine-tune a copy of the model on the molecules scored so far and restart "
                         "the search around the best; none: search the shipped model only (faster "
                         f"with a cheap objective); default {DEFAULT_ADAPT}: retrain with cmaes on "
