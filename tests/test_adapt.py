@@ -588,7 +588,7 @@ def test_default_search_adapts_but_a_run_begun_unadapted_resumes_unadapted(tiny_
 
 
 def test_until_the_first_adaptation_the_default_search_is_cmaes_beside_a_graph_ga(tiny_model):
-    """Before its plateau the default (auto) search runs the CMA-ES that adapt="none" runs,
+    """Before its first adaptation the default (auto) search runs the CMA-ES that adapt="none" runs,
     point for point, and adds graph children of the best to every batch once one molecule is
     scored: its sampler's molecules are plain CMA-ES's, in order, less those a child scored
     first (a repeat costs no oracle call and tells CMA-ES the same score)."""
@@ -602,6 +602,22 @@ def test_until_the_first_adaptation_the_default_search_is_cmaes_beside_a_graph_g
     assert (auto.loc[auto["batch"] == auto["batch"].min(), "trial"] >= 0).all()  # no parents yet
     first = list(plain.sort_values("oracle_call")["smiles"])
     assert sampler == [s for s in first if s not in set(children["smiles"])][:len(sampler)]
+
+
+def test_the_default_adapts_from_the_start_every_adapt_every_calls(tiny_model, tmp_path):
+    """The default waits for no plateau: its rounds fall at calls every, 2 every, ... (the
+    PMO-20 measured adapting from call 250 ahead on every seed), and from the first round on
+    the batches hold the adapted decoder's samples too. --adapt-after-plateau N still waits."""
+    df = optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt_every=16, progress=False,
+                  out_dir=tmp_path / "run")
+    s = df.attrs["summary"]
+    assert s["adapt"] == "retrain" and s["adapt_oracle_calls"] == [16, 32]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["adapt"]["after_plateau"] is None
+    late = df[df["oracle_call"] > 16]
+    assert (df.loc[df["oracle_call"] <= 16, "trial"] != -1).all() and (late["trial"] == -1).any()
+    waits = optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt_every=16, progress=False,
+                     adapt_after_plateau=1000)
+    assert waits.attrs["summary"]["adapt_rounds"] == 0   # its best is never 1,000 calls old in 40
 
 
 def test_progress_is_a_rise_of_the_top10_mean_beyond_a_thousandth():

@@ -54,7 +54,7 @@ def register(sub, bench) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapt", default=DEFAULT_ADAPT, metavar="{" + ",".join(ADAPT_CHOICES) + "}[:KEY=VALUE/...]",
                    help="retrain: graph crossover and mutation children of the best beside "
-                        "each batch, and once the search stops improving, every --adapt-every calls "
+                        "each batch, and every --adapt-every calls "
                         "fine-tune a copy of the model on the molecules scored so far and restart "
                         "the search around the best; none: search the shipped model only (faster "
                         f"with a cheap objective); default {DEFAULT_ADAPT}: retrain with cmaes on "
@@ -64,7 +64,7 @@ def register(sub, bench) -> None:
                    help=f"when adapting: oracle calls between adaptations (default {AdaptConfig.every})")
     p.add_argument("--adapt-after-plateau", type=int, default=None, metavar="CALLS",
                    help="when adapting: start adapting once the best is this many calls old "
-                        f"(default {AdaptConfig.after_plateau}; 0: adapt from the start)")
+                        "(default 0: adapt from the start, every --adapt-every calls)")
     p.set_defaults(func=cmd_optimize)
 
     b = bench.add_parser("optimize", help="optimizers vs prior sampling on standard tasks (AUC top-10)")

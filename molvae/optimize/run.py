@@ -157,11 +157,12 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         n_components, bound: the search box: first ``n_components`` principal axes of the
             encoded training set (default :data:`DEFAULT_COMPONENTS`, at most the latent
             dimension), ±``bound`` sd.
-        adapt, adapt_every, adapt_after_plateau: ``"retrain"`` lets the search run unadapted
-            until its best has not improved for ``adapt_after_plateau`` oracle calls (default
-            :attr:`AdaptConfig.after_plateau <molvae.optimize.adapt.AdaptConfig>`, 1000; 0:
-            from the start), then fine-tunes a copy of the model on the molecules scored so far
-            every ``adapt_every`` calls and restarts the search around the best of them
+        adapt, adapt_every, adapt_after_plateau: ``"retrain"`` fine-tunes a copy of the
+            model on the molecules scored so far every ``adapt_every`` calls, from the start
+            (``adapt_after_plateau`` 0 or ``None``, the default of
+            :attr:`AdaptConfig.after_plateau <molvae.optimize.adapt.AdaptConfig>`) or once the
+            best has not improved for ``adapt_after_plateau`` oracle calls, and restarts the
+            search around the best of them
             (:mod:`molvae.optimize.adapt`); ``"none"`` keeps the model. ``"auto"``
             (default, also ``None``) retrains where the PMO benchmark measured it: CMA-ES on
             one objective, without a lead, workers or a given storage. On resume, ``"auto"``
