@@ -405,6 +405,35 @@ def test_policy_samples_variants_of_the_best_beside_the_search(tiny_model, tmp_p
     assert (late["trial"].head(16) >= 0).all() and (late["trial"] == -1).sum() > 0
 
 
+def test_rank_weighted_parents_favour_the_best_and_run_seeded(tiny_model, tmp_path):
+    """``parent_k=k`` draws the policy's and the graph children's parents with weight
+    1 / (k * pool + rank): the best breeds most, every parent keeps a chance, the same seed
+    gives the same run, and run.json records k so a resume draws the same way."""
+    from molvae.optimize.policy import PolicyProposer
+
+    def weights(k, pool, n):
+        return PolicyProposer(None, None, None, 4, pool, 1.0, 0, 0, {}, parent_k=k)._weights(n)
+
+    assert weights(0.0, 64, 64) is None                       # uniform: the old draws exactly
+    w = weights(0.01, 64, 64)
+    assert w.sum() == pytest.approx(1.0) and np.all(np.diff(w) < 0) and w[-1] > 0
+    assert w[0] / w[1] == pytest.approx(1.64 / 0.64)          # 1/(0.64+0) against 1/(0.64+1)
+    assert w[:10].sum() > 0.6 > weights(1.0, 64, 64)[:10].sum()   # a small k: the top-10 breed most
+    assert weights(0.01, 64, 3).shape == (3,)                 # a pool not yet full
+
+    spec = "retrain:policy=4/graph=4/pool=8/parent_k=0.01/radius=8.0/molecules=16/after_plateau=none"
+    runs = []
+    for name in ("a", "b"):
+        optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                 out_dir=tmp_path / name, progress=False)
+        runs.append(pd.read_csv(tmp_path / name / "molecules.csv"))
+    df = runs[0]
+    assert list(df["oracle_call"]) == list(range(1, 41)) and df["smiles"].is_unique
+    assert (df["trial"] == -1).sum() > 0 and (df["trial"] == -2).sum() > 0
+    pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["adapt"]["parent_k"] == 0.01
+
+
 def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
     """``graph=N`` adds up to N molecules per batch made from the pool by graph crossover and
     mutation: they reach the ledger as trial -2, new, written in the model's vocabulary, and
@@ -522,6 +551,10 @@ def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     ("none:lr=1e-3", r"'none' takes no settings"),
     ("auto:lr=1e-3", r"'auto' takes no settings"),
     ("retrain:" + "x" * 100_000, r"unknown adapt setting 'xxxxx.*\.\.\."),
+    ("retrain:parent_k=-0.1", r"parent_k must be a number >= 0"),
+    ("retrain:parent_k=nan", r"parent_k must be a number >= 0"),
+    ("retrain:parent_k=1e400", r"parent_k must be a number >= 0"),
+    ("retrain:parent_k=best", r"parent_k must be a number"),
 ])
 def test_bad_adapt_specs_are_clear_errors(spec, match):
     from molvae.optimize.adapt import parse_adapt

@@ -92,3 +92,20 @@ def test_hostile_parents_give_sane_children_or_none(parents):
 def test_no_children_asked_none_made():
     assert offspring(PARENTS, 0, np.random.default_rng(0)) == []
     assert offspring(PARENTS, -5, np.random.default_rng(0)) == []
+
+
+def test_weighted_parents_breed_in_proportion():
+    """With all the weight on one parent every child comes from it alone: an all-carbon
+    chain's children carry at most the one heteroatom a single edit can add, while uniform
+    draws also cross it with the perfluorinated parent."""
+    chain, fluoro = "CCCCCCCCCCCC", "FC(F)(F)C(F)(F)C(F)(F)C(F)(F)C(F)(F)C(F)(F)F"
+    fluorines = lambda s: sum(a.GetSymbol() == "F" for a in Chem.MolFromSmiles(s).GetAtoms())
+    kids = offspring([chain, fluoro], 30, np.random.default_rng(0), weights=[1.0, 0.0])
+    assert kids and all(fluorines(s) <= 1 for s in kids)
+    mixed = offspring([chain, fluoro], 30, np.random.default_rng(0))
+    assert any(fluorines(s) >= 2 for s in mixed)
+    with pytest.raises(ValueError, match="2 weights for 1 parents"):
+        offspring([chain], 4, np.random.default_rng(0), weights=[1.0, 1.0])
+    for bad in ([0.0, 0.0], [float("nan"), 1.0], [-1.0, 2.0]):
+        with pytest.raises(ValueError, match="parent weights"):
+            offspring([chain, fluoro], 4, np.random.default_rng(0), weights=bad)

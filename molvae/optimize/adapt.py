@@ -133,7 +133,7 @@ STATE_VERSION = 1
 #: was made with this value.
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
                   "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
-                  "graph_from_start": False}
+                  "graph_from_start": False, "parent_k": 0.0}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -181,6 +181,10 @@ class AdaptConfig:
     # (docs/benchmarks.md). 0: the policy and the latent search alone.
     graph: int = 32
     graph_from_start: bool = True
+    # How the policy's parents and the graph children's parents are drawn from the pool:
+    # 0 uniformly; k > 0 with weight 1 / (k * pool + rank), rank 0 the best (Tripp et al.'s
+    # rank weighting, as Genetic GFN's GA selects its parents), so the best few breed most.
+    parent_k: float = 0.0
     # false: CMA-ES keeps its state and region across adaptations (only the decoder under it
     # changes) and restarts around the best only when it stalls. Measured far worse (celecoxib
     # 0.494 vs 0.570, seed 0; docs/benchmarks.md): the converged search needs the fresh start.
@@ -218,6 +222,9 @@ class AdaptConfig:
         v = self.crossover
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise MolvaeError(f"adapt crossover must be a number from 0 to 1, got {v!r}")
+        v = self.parent_k
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise MolvaeError(f"adapt parent_k must be a number >= 0 (0: uniform), got {v!r}")
         for name in CALL_SETTINGS:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -410,7 +417,7 @@ class Adapter:
         if policy == 0 and graph == 0:
             return inner
         return PolicyProposer(inner, self.model, mlog, policy, c.pool, c.temperature, self.seed,
-                              self.round, self._codes, c.crossover, graph, self._encoded)
+                              self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k)
 
     # ---------------------------------------------------------------- files
 

@@ -227,9 +227,9 @@ def _finish(m: Chem.RWMol) -> Chem.Mol | None:
 
 def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: Container[str] = (),
               accept: Callable[[str], bool] | None = None, mutation: float = 0.5,
-              tries_per_child: int = 10) -> list[str]:
+              tries_per_child: int = 10, weights: Sequence[float] | None = None) -> list[str]:
     """Up to ``n`` new molecules (canonical SMILES, none in ``known``, no repeats) made from
-    ``parents`` (SMILES, drawn uniformly): a crossover of two, then a mutation with
+    ``parents`` (SMILES, drawn uniformly, or with probabilities ``weights``): a crossover of two, then a mutation with
     probability ``mutation`` (always when the crossover fails, or with one parent).
 
     Children with fewer heavy atoms than half the parents' mean (rounded down) are dropped.
@@ -238,10 +238,25 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
     """
     if n <= 0:
         return []
-    mols = [m for m in (chem.to_mol(s) for s in parents)
-            if m is not None and 0 < m.GetNumAtoms() <= MAX_PARENT_ATOMS]
+    if weights is not None and len(weights) != len(parents):
+        raise ValueError(f"{len(weights)} weights for {len(parents)} parents")
+    ws = [1.0] * len(parents) if weights is None else [float(w) for w in weights]
+    pairs = [(m, w) for m, w in zip((chem.to_mol(s) for s in parents), ws)
+             if m is not None and 0 < m.GetNumAtoms() <= MAX_PARENT_ATOMS]
+    mols = [m for m, _ in pairs]
     if not mols:
         return []
+    p = None
+    if weights is not None:
+        p = np.array([w for _, w in pairs], dtype=float)
+        if not np.all(np.isfinite(p)) or (p < 0).any() or p.sum() <= 0:
+            raise ValueError("parent weights must be finite, >= 0 and not all 0")
+        p = p / p.sum()
+
+    def pick() -> Chem.Mol:
+        # Uniform draws keep their old call, so unweighted runs propose exactly as before.
+        return mols[int(rng.integers(len(mols)))] if p is None else mols[int(rng.choice(len(mols), p=p))]
+
     # A crossover that keeps two small ends makes a fragment (CC, CN) that wastes an oracle
     # call: children must keep half the parents' mean size.
     smallest = max(2, math.floor(0.5 * np.mean([m.GetNumHeavyAtoms() for m in mols])))
@@ -250,10 +265,10 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
     for _ in range(tries_per_child * n):
         if len(out) >= n:
             break
-        a = mols[int(rng.integers(len(mols)))]
+        a = pick()
         child = None
         if len(mols) > 1:
-            child = crossover(a, mols[int(rng.integers(len(mols)))], rng)
+            child = crossover(a, pick(), rng)
         if child is None or rng.random() < mutation:
             child = mutate(child if child is not None else a, rng)
         if child is None or child.GetNumHeavyAtoms() < smallest:

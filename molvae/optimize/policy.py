@@ -42,7 +42,8 @@ class PolicyProposer:
 
     def __init__(self, inner, model, mlog: MoleculeLog, policy: int, pool: int, temperature: float,
                  seed: int, round_: int, codes: dict[str, np.ndarray | None], crossover: float = 0.0,
-                 graph: int = 0, encoded: dict[str, list[int] | None] | None = None):
+                 graph: int = 0, encoded: dict[str, list[int] | None] | None = None,
+                 parent_k: float = 0.0):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -58,6 +59,7 @@ class PolicyProposer:
         self._n = 0                   # the sampler's share of the current batch
         self._children: list[str] = []  # the current batch's graph children
         self._decode_seed = 0
+        self.parent_k = parent_k      # 0: parents uniform over the pool; > 0: rank-weighted
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -75,6 +77,14 @@ class PolicyProposer:
         if smiles not in self.encoded:
             self.encoded[smiles] = self.model.vocab.try_encode(smiles)[0]
         return self.encoded[smiles] is not None
+
+    def _weights(self, n: int) -> np.ndarray | None:
+        """Draw probabilities of ``n`` parents, best first: None (uniform) when parent_k is 0,
+        else proportional to 1 / (parent_k * pool + rank)."""
+        if not self.parent_k or n < 1:
+            return None
+        w = 1.0 / (self.parent_k * self.pool + np.arange(n))
+        return w / w.sum()
 
     def _parents(self, top: list[str]) -> np.ndarray | None:
         """Posterior means of the molecules ``top`` that encode (None: none)."""
@@ -97,7 +107,8 @@ class PolicyProposer:
         if self.graph and top:
             # Its own stream, so runs without graph children draw exactly as before.
             grng = np.random.default_rng([self.seed, self.round, len(self.mlog), 2])
-            self._children = offspring(top, self.graph, grng, known=self.mlog.index, accept=self._fits)
+            self._children = offspring(top, self.graph, grng, known=self.mlog.index, accept=self._fits,
+                                       weights=self._weights(len(top)))
         stats.time["sampler"] += time.perf_counter() - t
         extra = [POLICY_TRIAL] * (self.policy if parents is not None else 0) \
             + [GRAPH_TRIAL] * len(self._children)
@@ -106,7 +117,9 @@ class PolicyProposer:
             return list(trials) + [None] * len(extra), list(numbers) + extra, \
                 np.concatenate([np.asarray(z, dtype=np.float64), zc])
         rng = np.random.default_rng([self.seed, self.round, len(self.mlog)])
-        zp = parents[rng.integers(len(parents), size=self.policy)]
+        w = self._weights(len(parents))
+        zp = parents[rng.integers(len(parents), size=self.policy) if w is None
+                     else rng.choice(len(parents), size=self.policy, p=w)]
         self._decode_seed = int(rng.integers(2**31 - 1))
         if self.crossover > 0 and len(parents) > 1:
             # Drawn after the decode seed, so runs without crossover draw exactly as before.
