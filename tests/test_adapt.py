@@ -454,7 +454,15 @@ def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
     assert all(tiny_model.vocab.try_encode(s)[0] is not None for s in children["smiles"])
     pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
     run = json.loads((tmp_path / "a" / "run.json").read_text())
-    assert run["adapt"]["graph"] == 4
+    assert run["adapt"]["graph"] == 4 and run["adapt"]["mutation"] == 0.5
+
+    # The mutation rate reaches the GA: recorded, and other children from the same seed.
+    out = tmp_path / "crossed"
+    optimize(tiny_model, "qed", budget=48, batch_size=4, seed=3, adapt=late + "/mutation=0.0", adapt_every=16,
+             out_dir=out, progress=False)
+    crossed = pd.read_csv(out / "molecules.csv")
+    assert json.loads((out / "run.json").read_text())["adapt"]["mutation"] == 0.0
+    assert set(crossed.loc[crossed["trial"] == -2, "smiles"]) != set(children["smiles"])
 
     # graph_from_start=true (the default): children from the first batches on, still no
     # policy samples.
@@ -555,6 +563,10 @@ def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     ("retrain:parent_k=nan", r"parent_k must be a number >= 0"),
     ("retrain:parent_k=1e400", r"parent_k must be a number >= 0"),
     ("retrain:parent_k=best", r"parent_k must be a number"),
+    ("retrain:mutation=-0.1", r"mutation must be a number from 0 to 1"),
+    ("retrain:mutation=1.5", r"mutation must be a number from 0 to 1"),
+    ("retrain:mutation=nan", r"mutation must be a number from 0 to 1"),
+    ("retrain:mutation=often", r"mutation must be a number, got 'often'"),
 ])
 def test_bad_adapt_specs_are_clear_errors(spec, match):
     from molvae.optimize.adapt import parse_adapt

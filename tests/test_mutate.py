@@ -109,3 +109,15 @@ def test_weighted_parents_breed_in_proportion():
     for bad in ([0.0, 0.0], [float("nan"), 1.0], [-1.0, 2.0]):
         with pytest.raises(ValueError, match="parent weights"):
             offspring([chain, fluoro], 4, np.random.default_rng(0), weights=bad)
+
+
+def test_mutation_rate_sets_how_often_a_crossover_child_is_also_edited():
+    """Crossing two alkane chains gives alkane chains; only an edit makes anything else. With
+    ``mutation=0`` every child is a plain chain; with ``mutation=1`` most are not (inserting or
+    deleting a carbon keeps a chain)."""
+    chains = ["C" * 10, "C" * 14]
+    plain = lambda s: set(s) == {"C"}
+    kids = offspring(chains, 10, np.random.default_rng(0), mutation=0.0)
+    assert kids and all(plain(s) for s in kids)
+    edited = offspring(chains, 30, np.random.default_rng(0), mutation=1.0)
+    assert len(edited) == 30 and sum(plain(s) for s in edited) < 15

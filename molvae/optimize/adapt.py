@@ -145,7 +145,7 @@ STATE_VERSION = 1
 #: was made with this value.
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
                   "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
-                  "graph_from_start": False, "parent_k": 0.0}
+                  "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -199,6 +199,9 @@ class AdaptConfig:
     # 0.01 (the best of 64 drawn 28 % of the time, the top 10 two thirds of the time): PMO-20
     # sums 13.48 against 13.30 for uniform parents (seeds 0-2, docs/benchmarks.md).
     parent_k: float = 0.01
+    # The chance that a graph child is also mutated after its crossover (always when the
+    # crossover fails): 0.5 since graph children began.
+    mutation: float = 0.5
     # false: CMA-ES keeps its state and region across adaptations (only the decoder under it
     # changes) and restarts around the best only when it stalls. Measured far worse (celecoxib
     # 0.494 vs 0.570, seed 0; docs/benchmarks.md): the converged search needs the fresh start.
@@ -236,6 +239,9 @@ class AdaptConfig:
         v = self.crossover
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise MolvaeError(f"adapt crossover must be a number from 0 to 1, got {v!r}")
+        v = self.mutation
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise MolvaeError(f"adapt mutation must be a number from 0 to 1, got {v!r}")
         v = self.parent_k
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise MolvaeError(f"adapt parent_k must be a number >= 0 (0: uniform), got {v!r}")
@@ -431,7 +437,8 @@ class Adapter:
         if policy == 0 and graph == 0:
             return inner
         return PolicyProposer(inner, self.model, mlog, policy, c.pool, c.temperature, self.seed,
-                              self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k)
+                              self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k,
+                              c.mutation)
 
     # ---------------------------------------------------------------- files
 
