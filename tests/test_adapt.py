@@ -464,6 +464,15 @@ def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
     assert json.loads((out / "run.json").read_text())["adapt"]["mutation"] == 0.0
     assert set(crossed.loc[crossed["trial"] == -2, "smiles"]) != set(children["smiles"])
 
+    # So does the share of ring crossovers.
+    out = tmp_path / "rings"
+    optimize(tiny_model, "qed", budget=48, batch_size=4, seed=3, adapt=late + "/ring_crossover=1.0",
+             adapt_every=16, out_dir=out, progress=False)
+    rings = pd.read_csv(out / "molecules.csv")
+    assert json.loads((out / "run.json").read_text())["adapt"]["ring_crossover"] == 1.0
+    assert list(rings["oracle_call"]) == list(range(1, 49)) and rings["smiles"].is_unique
+    assert set(rings.loc[rings["trial"] == -2, "smiles"]) != set(children["smiles"])
+
     # graph_from_start=true (the default): children from the first batches on, still no
     # policy samples.
     out = tmp_path / "early"
@@ -567,6 +576,9 @@ def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     ("retrain:mutation=1.5", r"mutation must be a number from 0 to 1"),
     ("retrain:mutation=nan", r"mutation must be a number from 0 to 1"),
     ("retrain:mutation=often", r"mutation must be a number, got 'often'"),
+    ("retrain:ring_crossover=-0.5", r"ring_crossover must be a number from 0 to 1"),
+    ("retrain:ring_crossover=2", r"ring_crossover must be a number from 0 to 1"),
+    ("retrain:ring_crossover=inf", r"ring_crossover must be a number from 0 to 1"),
 ])
 def test_bad_adapt_specs_are_clear_errors(spec, match):
     from molvae.optimize.adapt import parse_adapt

@@ -6,7 +6,7 @@ import pytest
 from rdkit import Chem
 
 from molvae import chem
-from molvae.optimize.mutate import MAX_RING, crossover, mutate, offspring
+from molvae.optimize.mutate import MAX_RING, crossover, mutate, offspring, ring_crossover
 
 CELECOXIB = "Cc1ccc(-c2cc(C(F)(F)F)nn2-c2ccc(S(N)(=O)=O)cc2)cc1"
 PARENTS = [CELECOXIB, "CC(=O)Nc1ccc(O)cc1", "CN1CCC[C@H]1c1cccnc1", "O=C(O)c1ccccc1OC(=O)C",
@@ -35,6 +35,69 @@ def test_crossover_joins_one_part_of_each_parent():
     assert mixed, sorted(made)
     # Rings are never cut: a molecule without an acyclic single bond cannot be a parent.
     assert crossover(Chem.MolFromSmiles("c1ccccc1"), a, np.random.default_rng(0)) is None
+
+
+def _ring_sizes(smiles: str) -> list[int]:
+    mol = Chem.MolFromSmiles(smiles)  # kept alive: RDKit frees the ring info with the molecule
+    return sorted(len(r) for r in mol.GetRingInfo().AtomRings())
+
+
+def test_ring_crossover_builds_a_ring_of_parts_of_both_parents():
+    """4-fluorotoluene and pyridine: the ring of one child holds pyridine's N and carries
+    toluene's F or methyl, which no cut at an acyclic bond can make (pyridine has none).
+    Every child is sane, and its rings are 5- or 6-rings without strained double bonds."""
+    a, b = Chem.MolFromSmiles("Cc1ccc(F)cc1"), Chem.MolFromSmiles("c1ccncc1")
+    assert crossover(a, b, np.random.default_rng(0)) is None
+    made = set()
+    for seed in range(200):
+        child = ring_crossover(a, b, np.random.default_rng(seed))
+        if child is None:
+            continue
+        _sane(child)
+        s = Chem.MolToSmiles(child)
+        made.add(s)
+        assert set(_ring_sizes(s)) <= {5, 6}, s
+    assert len(made) > 10
+    assert {"Cc1ccncc1", "Fc1ccncc1"} & made, sorted(made)
+    aromatic_n_with_f = [s for s in made if "n" in s and "F" in s]
+    assert aromatic_n_with_f, sorted(made)
+    # No ring, nothing to cut: an alkane has none, nor does a one-ring molecule's partner.
+    chain = Chem.MolFromSmiles("CCCCCCCC")
+    assert ring_crossover(chain, a, np.random.default_rng(0)) is None
+    assert ring_crossover(a, chain, np.random.default_rng(0)) is None
+
+
+def test_ring_crossover_of_drugs_gives_sane_children():
+    """Fused, bridged, charged and aromatic-NH rings: children are sane molecules or None."""
+    drugs = PARENTS + ["C1CC2CCC1C2", "C[n+]1ccccc1", "c1ccc2c(c1)[nH]c1ccccc12",
+                       "O=C1NC(=O)C(c2ccccc2)(c2ccccc2)N1", "C1=CC=CC=CC=C1"]
+    mols = [Chem.MolFromSmiles(s) for s in drugs]
+    made = 0
+    for seed in range(120):
+        rng = np.random.default_rng(seed)
+        a, b = mols[int(rng.integers(len(mols)))], mols[int(rng.integers(len(mols)))]
+        child = ring_crossover(a, b, rng)
+        if child is not None:
+            _sane(child)
+            made += 1
+    assert made > 10
+
+
+def test_ring_share_sets_how_many_crossovers_cut_rings():
+    """Ethyltriazine and ethylthiophene, no mutation after a crossover that works: acyclic
+    cuts keep each ring whole, so no ring holds both N and S; ring crossovers make such rings."""
+    parents = ["CCc1ncncn1", "CCc1ccsc1"]
+
+    def n_and_s_in_a_ring(smiles):
+        mol = Chem.MolFromSmiles(smiles)
+        return any({"N", "S"} <= {mol.GetAtomWithIdx(i).GetSymbol() for i in ring}
+                   for ring in mol.GetRingInfo().AtomRings())
+
+    for ring, fewest, most in ((0.0, 0, 0), (1.0, 5, 60)):
+        kids = [s for seed in range(3)
+                for s in offspring(parents, 20, np.random.default_rng(seed), mutation=0.0, ring=ring)]
+        assert len(kids) >= 45
+        assert fewest <= sum(map(n_and_s_in_a_ring, kids)) <= most, (ring, kids)
 
 
 def test_mutation_makes_one_small_edit():
@@ -80,13 +143,16 @@ def test_offspring_are_new_canonical_unique_accepted_and_seeded():
     ["C"],                                                   # one atom: nothing to cut, tiny edits
     ["[U]", "[Xe]", "[Na+].[Cl-]"],                          # odd elements and salts
     ["C" * 5000],                                            # a giant chain
+    ["C1CC2CCC1C2", "c1ccc2cc3ccccc3cc2c1", "C1CCCCCCCCCCCCCCC1"],  # bridged, fused, macrocycle
+    ["c1ccccc1" * 20],                                       # twenty phenyls in a row
     ["[NH4+]", "C[N+](C)(C)C", "[O-]C(=O)C"],                # charges
 ])
 def test_hostile_parents_give_sane_children_or_none(parents):
-    kids = offspring(parents, 8, np.random.default_rng(0))
-    assert len(kids) <= 8 and len(set(kids)) == len(kids)
-    for s in kids:
-        _sane(Chem.MolFromSmiles(s))
+    for ring in (0.0, 1.0):
+        kids = offspring(parents, 8, np.random.default_rng(0), ring=ring)
+        assert len(kids) <= 8 and len(set(kids)) == len(kids)
+        for s in kids:
+            _sane(Chem.MolFromSmiles(s))
 
 
 def test_no_children_asked_none_made():

@@ -145,7 +145,8 @@ STATE_VERSION = 1
 #: was made with this value.
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
                   "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
-                  "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5}
+                  "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5,
+                  "ring_crossover": 0.0}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -202,6 +203,10 @@ class AdaptConfig:
     # The chance that a graph child is also mutated after its crossover (always when the
     # crossover fails): 0.5 since graph children began.
     mutation: float = 0.5
+    # The share of graph crossovers that cut a ring of each parent at two bonds and join the
+    # parts by two bonds (molvae.optimize.mutate.ring_crossover; GB-GA makes half its
+    # crossovers so); the rest cut an acyclic bond. 0: acyclic cuts only, as before.
+    ring_crossover: float = 0.0
     # false: CMA-ES keeps its state and region across adaptations (only the decoder under it
     # changes) and restarts around the best only when it stalls. Measured far worse (celecoxib
     # 0.494 vs 0.570, seed 0; docs/benchmarks.md): the converged search needs the fresh start.
@@ -239,9 +244,10 @@ class AdaptConfig:
         v = self.crossover
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise MolvaeError(f"adapt crossover must be a number from 0 to 1, got {v!r}")
-        v = self.mutation
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise MolvaeError(f"adapt mutation must be a number from 0 to 1, got {v!r}")
+        for name in ("mutation", "ring_crossover"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise MolvaeError(f"adapt {name} must be a number from 0 to 1, got {v!r}")
         v = self.parent_k
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise MolvaeError(f"adapt parent_k must be a number >= 0 (0: uniform), got {v!r}")
@@ -438,7 +444,7 @@ class Adapter:
             return inner
         return PolicyProposer(inner, self.model, mlog, policy, c.pool, c.temperature, self.seed,
                               self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k,
-                              c.mutation)
+                              c.mutation, c.ring_crossover)
 
     # ---------------------------------------------------------------- files
 

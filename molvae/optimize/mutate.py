@@ -6,6 +6,9 @@ writes:
 
 - *crossover*: cut an acyclic single bond in each of two parents and join one part of each,
   a molecule between two good ones (what the medians and MPOs reward);
+- *ring crossover*: cut a ring of each parent at two bonds and join one part of each by two
+  new bonds, so that a ring is built of pieces of both (a pyridine's N into a toluene's ring),
+  which no cut at an acyclic bond can make;
 - *mutation*: one edit of the graph (change an element, add an atom, insert one into a bond,
   remove one, change a bond order, close a 5- or 6-ring, open a ring).
 
@@ -53,6 +56,92 @@ def crossover(a: Chem.Mol, b: Chem.Mol, rng: np.random.Generator) -> Chem.Mol | 
     for d in sorted(dummies, reverse=True):
         m.RemoveAtom(d)
     return _finish(m)
+
+
+def ring_crossover(a: Chem.Mol, b: Chem.Mol, rng: np.random.Generator, tries: int = 10) -> Chem.Mol | None:
+    """A ring of ``a`` and a ring of ``b`` recombined: each is cut at two ring bonds
+    (:func:`_cut_ring`), and one part of each is joined to one of the other by two bonds;
+    ``None`` when either has no ring to cut or ``tries`` joins all failed to give a molecule
+    (most cuts close a 3-, 4-, 7- or 8-ring, which is refused).
+
+    The join's bonds take the order of one of the two cut bonds they replace, so a Kekulé
+    ring gets its alternation back and RDKit perceives it as aromatic again."""
+    for _ in range(tries):
+        pa, pb = _cut_ring(a, rng), _cut_ring(b, rng)
+        if pa is None or pb is None:
+            return None
+        child = _join_rings(pa, pb, rng)
+        if child is not None:
+            return child
+    return None
+
+
+def _join_rings(pa: Chem.Mol, pb: Chem.Mol, rng: np.random.Generator) -> Chem.Mol | None:
+    m = Chem.RWMol(Chem.CombineMols(pa, pb))
+    dummies = [atom.GetIdx() for atom in m.GetAtoms() if atom.GetAtomicNum() == 0]
+    if len(dummies) != 4:
+        return None
+    # CombineMols keeps the atom order: the first two dummies are a's, the last two b's.
+    ends = []
+    for d in dummies:
+        bond = m.GetAtomWithIdx(d).GetBonds()[0]
+        ends.append((bond.GetOtherAtomIdx(d), bond.GetBondType()))
+    ea, eb = ends[:2], ends[2:]
+    if rng.random() < 0.5:
+        eb = eb[::-1]
+    joins = []
+    for (i, oi), (j, oj) in zip(ea, eb):
+        if m.GetBondBetweenAtoms(i, j) is not None:
+            return None  # both cut bonds at one atom on each side: the join would be a double edge
+        m.AddBond(i, j, oi if oi == oj or rng.random() < 0.5 else oj)
+        joins.append((i, j))
+    for d in sorted(dummies, reverse=True):
+        m.RemoveAtom(d)
+    child = _finish(m)
+    if child is None or child.HasSubstructMatch(_STRAINED):
+        return None
+    # The rings the join closes must be drug-like 5- and 6-rings (GB-GA's rule too).
+    info = child.GetRingInfo()
+    shift = lambda i: i - sum(d < i for d in dummies)  # noqa: E731 (indices after the removals)
+    for i, j in joins:
+        bond = child.GetBondBetweenAtoms(shift(i), shift(j))
+        if bond is None or info.MinBondRingSize(bond.GetIdx()) not in (5, 6):
+            return None
+    return child
+
+
+#: An allene in a ring, or a double bond in a 3- or 4-ring: strained, and not in drug-like sets.
+_STRAINED = Chem.MolFromSmarts("[$([R]=[R]=[R]),$([r3,r4]=[r3,r4])]")
+_RING_PATH = Chem.MolFromSmarts("[R]@[R]@[R]@[R]")     # cut the first and the last bond
+_RING_BRANCH = Chem.MolFromSmarts("[R]@[R;!D2]@[R]")   # cut both bonds of the middle atom
+
+
+def _cut_ring(mol: Chem.Mol, rng: np.random.Generator, tries: int = 4) -> Chem.Mol | None:
+    """One of the two parts of ``mol`` (Kekulé form) cut at two bonds of one ring: the first
+    and last bond of a path of four ring atoms, or the two ring bonds of a ring atom that
+    carries a substituent or a fused ring (Jensen's GB-GA cuts rings these two ways). The
+    cut ends are marked by dummy atoms that keep the cut bonds' orders."""
+    if mol.GetNumAtoms() > MAX_PARENT_ATOMS or not mol.GetRingInfo().NumRings():
+        return None
+    k = Chem.RWMol(mol)
+    try:
+        Chem.Kekulize(k, clearAromaticFlags=True)
+    except Exception:  # RDKit raises on molecules it cannot kekulize
+        return None
+    for _ in range(tries):
+        path = rng.random() < 0.5
+        hits = k.GetSubstructMatches(_RING_PATH if path else _RING_BRANCH)
+        if not hits:
+            continue
+        h = hits[int(rng.integers(len(hits)))]
+        pairs = ((h[0], h[1]), (h[2], h[3])) if path else ((h[0], h[1]), (h[1], h[2]))
+        bonds = [k.GetBondBetweenAtoms(i, j) for i, j in pairs]
+        frag = Chem.FragmentOnBonds(k, [bd.GetIdx() for bd in bonds], addDummies=True,
+                                    bondTypes=[bd.GetBondType() for bd in bonds])
+        parts = Chem.GetMolFrags(frag, asMols=True, sanitizeFrags=False)
+        if len(parts) == 2:  # a fused or bridged ring stays in one piece: try another cut
+            return parts[int(rng.integers(2))]
+    return None
 
 
 def _cut(mol: Chem.Mol, rng: np.random.Generator) -> Chem.Mol | None:
@@ -227,10 +316,12 @@ def _finish(m: Chem.RWMol) -> Chem.Mol | None:
 
 def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: Container[str] = (),
               accept: Callable[[str], bool] | None = None, mutation: float = 0.5,
-              tries_per_child: int = 10, weights: Sequence[float] | None = None) -> list[str]:
+              tries_per_child: int = 10, weights: Sequence[float] | None = None,
+              ring: float = 0.0) -> list[str]:
     """Up to ``n`` new molecules (canonical SMILES, none in ``known``, no repeats) made from
-    ``parents`` (SMILES, drawn uniformly, or with probabilities ``weights``): a crossover of two, then a mutation with
-    probability ``mutation`` (always when the crossover fails, or with one parent).
+    ``parents`` (SMILES, drawn uniformly, or with probabilities ``weights``): a crossover of two
+    (a :func:`ring_crossover` with probability ``ring``, else :func:`crossover`), then a
+    mutation with probability ``mutation`` (always when the crossover fails, or with one parent).
 
     Children with fewer heavy atoms than half the parents' mean (rounded down) are dropped.
     Parents that RDKit cannot read are skipped; gives fewer than ``n`` when
@@ -268,7 +359,9 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
         a = pick()
         child = None
         if len(mols) > 1:
-            child = crossover(a, pick(), rng)
+            # Drawn only when asked for, so runs without ring crossover make the same children.
+            join = ring_crossover if ring > 0 and rng.random() < ring else crossover
+            child = join(a, pick(), rng)
         if child is None or rng.random() < mutation:
             child = mutate(child if child is not None else a, rng)
         if child is None or child.GetNumHeavyAtoms() < smallest:

@@ -43,7 +43,7 @@ class PolicyProposer:
     def __init__(self, inner, model, mlog: MoleculeLog, policy: int, pool: int, temperature: float,
                  seed: int, round_: int, codes: dict[str, np.ndarray | None], crossover: float = 0.0,
                  graph: int = 0, encoded: dict[str, list[int] | None] | None = None,
-                 parent_k: float = 0.0, mutation: float = 0.5):
+                 parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -61,6 +61,7 @@ class PolicyProposer:
         self._decode_seed = 0
         self.parent_k = parent_k      # 0: parents uniform over the pool; > 0: rank-weighted
         self.mutation = mutation      # chance a graph child is mutated after its crossover
+        self.ring_crossover = ring_crossover  # share of the graph crossovers made on rings
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -109,7 +110,8 @@ class PolicyProposer:
             # Its own stream, so runs without graph children draw exactly as before.
             grng = np.random.default_rng([self.seed, self.round, len(self.mlog), 2])
             self._children = offspring(top, self.graph, grng, known=self.mlog.index, accept=self._fits,
-                                       weights=self._weights(len(top)), mutation=self.mutation)
+                                       weights=self._weights(len(top)), mutation=self.mutation,
+                                       ring=self.ring_crossover)
         stats.time["sampler"] += time.perf_counter() - t
         extra = [POLICY_TRIAL] * (self.policy if parents is not None else 0) \
             + [GRAPH_TRIAL] * len(self._children)
