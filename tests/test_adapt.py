@@ -263,6 +263,33 @@ def test_kill_during_adaptive_run_then_resume_loses_nothing_and_never_rescores(t
         assert final["stream"] == 0 and final["space"].endswith(".npz")
 
 
+def test_an_adapted_round_that_finds_nothing_new_goes_back_to_the_shipped_model(tiny_model, tmp_path):
+    """A trust region too narrow to decode anything new (±0.001 sd around the best code) makes
+    the adapted round stall without a new molecule. The search used to end there with budget
+    left (a CI run stopped at 45 of 64 calls); it now goes back to the shipped weights and
+    region, records that round in the run folder, and goes on to the budget."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    cfg = AdaptConfig(radius=1e-3, molecules=32, every=16, policy=0, graph=0)
+    df = optimize(tiny_model, "qed", budget=48, batch_size=8, seed=0, out_dir=out, progress=False, adapt=cfg)
+    summary = df.attrs["summary"]
+    assert summary["stop_reason"] == "budget" and len(df) == 48 and df["smiles"].is_unique
+    state = json.loads((out / "adapt" / "state.json").read_text())
+    resets = [h for h in state["history"] if h.get("reset")]
+    assert resets and summary["adapt_resets"] == len(resets), state["history"]
+    assert all(h["oracle_call"] in state["oracle_calls"] for h in resets)
+    if state["history"][-1].get("reset"):  # the run folder holds the shipped weights again
+        saved = load_file(str(out / "adapt" / state["weights"]))
+        shipped = tiny_model.module.state_dict()
+        assert all(torch.equal(saved[k], shipped[k].cpu()) for k in saved)
+
+    # The same command with a larger budget resumes from the folder and scores nothing twice.
+    more = optimize(tiny_model, "qed", budget=64, batch_size=8, seed=0, out_dir=out, progress=False, adapt=cfg)
+    assert len(more) == 64 and more["smiles"].is_unique
+    assert more.attrs["summary"]["resumed_from_calls"] == 48
+
+
 def test_kill_after_the_plateau_adaptation_then_resume(tiny_model_dir, tmp_path):
     """The default adaptation (after the plateau) killed mid-round: the resumed run keeps the
     plateau's adaptation call, adapts every `every` calls after it, loses and re-scores nothing."""
@@ -278,15 +305,19 @@ def test_kill_after_the_plateau_adaptation_then_resume(tiny_model_dir, tmp_path)
     after = pd.read_csv(out / "molecules.csv")
     pd.testing.assert_frame_equal(after.head(len(before)), before)      # nothing lost
     assert list(after["oracle_call"]) == list(range(1, len(after) + 1))  # continuous
-    # The tiny model's last round can run dry before the budget: a round that stalls without a
-    # new molecule ends the search (where the kill fell decides which molecules are left).
+    # The tiny model's adapted rounds can run dry (one in seven kills did, CI stopped at 45 of
+    # 64): such a round is followed by one on the shipped weights, so the budget is reached.
     summary = json.loads((out / "summary.json").read_text())
-    assert len(after) == budget or (summary["stop_reason"] == "stalled" and len(after) >= budget - every)
+    assert len(after) == budget and summary["stop_reason"] == "budget"
     resumed = (tmp_path / "scored_resumed.txt").read_text().split()
     assert not set(resumed) & set(before["smiles"]) and len(resumed) == len(after) - len(before) > 0
-    calls = json.loads((out / "adapt" / "state.json").read_text())["oracle_calls"]
+    final = json.loads((out / "adapt" / "state.json").read_text())
+    calls = final["oracle_calls"]
     assert calls[:len(state["oracle_calls"])] == state["oracle_calls"]
-    assert all(b - a == every for a, b in zip(calls, calls[1:]))
+    # A round every `every` calls, earlier after a round whose sampler stalled; a fallback
+    # round starts where the dry round began.
+    assert all(b - a == 0 if h.get("reset") else b - a < every if h.get("after_stall") else b - a == every
+               for a, b, h in zip(calls, calls[1:], final["history"][1:])), final["history"]
     scores = after["score"].to_numpy()
     assert calls[0] - (int(np.argmax(scores[:calls[0]])) + 1) >= plateau  # the plateau came first
 

@@ -151,6 +151,8 @@ def cmd_optimize(args) -> int:
         n, spent = s["adapt_rounds"], s.get("time", {}).get("adapt_s")
         print(f"model adapted {n} time{'s' if n != 1 else ''}, from oracle call {s['adapt_oracle_calls'][0]}"
               + (f" ({spent:.0f} s)" if spent is not None else "")
+              + (f", {s['adapt_resets']} of them back to the shipped model after a round found nothing new"
+                 if s.get("adapt_resets") else "")
               + "; --adapt none searches the shipped model only")
     return 0
 

@@ -18,6 +18,12 @@ searched alone: it climbs fastest on the unadapted decoder, and adapting from th
 restarted its climb every ``every`` calls (celecoxib 0.505). Beside the GA the plateau came
 late (median call 3,056), and adapting from call 250 was ahead on every seed (below).
 
+*When a round runs dry.* An adapted round whose sampler stalls (25 batches without a new
+molecule) before it found any new molecule has a decoder, or a region, that collapsed onto
+molecules already scored; the next round goes back to the shipped weights and the run's first
+region (``"reset": true`` in the history) instead of ending the search with budget left. A
+second dry round in a row ends it.
+
 *Fine-tuning.* ``molecules`` draws (with replacement) from the ledger, each molecule weighted
 by ``1 / (rank_k * N + rank)`` (rank 0 = the best of the N scored; ``rank_k`` = 1e-3 as in
 Tripp et al.), one pass in batches of ``batch_size`` with AdamW at ``lr``: the
@@ -516,10 +522,12 @@ class Adapter:
         stale = last - self._progress.last_gain(scores, last)
         return every * 2 ** min(BACKOFF_DOUBLINGS, stale // backoff)
 
-    def adapt(self, mlog: MoleculeLog, space: SearchSpace, restart: bool = True) -> SearchSpace:
+    def adapt(self, mlog: MoleculeLog, space: SearchSpace, restart: bool = True,
+              stalled: bool = False) -> SearchSpace:
         """Fine-tune on the ledger, move the region to the best molecule (``restart``), save;
         returns the new region (``space``, the current one, when it stays or no scored
-        molecule can be encoded)."""
+        molecule can be encoded). ``stalled``: the round ended early, its sampler stalled
+        (recorded in the history, which says why a round came before its time)."""
         t = time.perf_counter()
         df = mlog.frame()
         smiles = df["smiles"].tolist()
@@ -536,7 +544,8 @@ class Adapter:
         self.history.append({"round": self.round, "oracle_call": len(mlog),
                              "loss": fit["loss"] if math.isfinite(fit["loss"]) else None,
                              "molecules_per_s": round(fit["molecules_per_s"], 1),
-                             "seconds": round(time.perf_counter() - t, 2)})
+                             "seconds": round(time.perf_counter() - t, 2),
+                             **({"after_stall": True} if stalled else {})})
         if self.dir is not None:
             self._save(space)
         if math.isfinite(fit["loss"]):
@@ -546,6 +555,28 @@ class Adapter:
             log.info("adaptation round %d at oracle call %d: no scored molecule fits the model's "
                      "vocabulary and length, weights unchanged", self.round, len(mlog))
         return space
+
+    def reset(self, mlog: MoleculeLog, space: SearchSpace) -> SearchSpace:
+        """A round of its own back on the shipped weights and ``space`` (the run's first
+        region), after an adapted round stalled without a new molecule: the fine-tuned decoder
+        (or its narrow region) had collapsed onto molecules already scored. Saved like an
+        adaptation, so a resumed run continues from it; returns ``space``."""
+        self.model.module.load_state_dict(self.base_model.module.state_dict())
+        self._codes.clear()  # the encoder may have learned (decoder_only=False)
+        self.round += 1
+        self.stream = self.round
+        self.calls.append(len(mlog))
+        self.history.append({"round": self.round, "oracle_call": len(mlog), "reset": True})
+        if self.dir is not None:
+            self._save(space)
+        log.warning("adaptation round %d found no new molecule; round %d searches the shipped model's "
+                    "region again from oracle call %d", self.round - 1, self.round, len(mlog))
+        return space
+
+    @property
+    def was_reset(self) -> bool:
+        """Whether the current round is a :meth:`reset` (a second stall then ends the search)."""
+        return bool(self.history) and bool(self.history[-1].get("reset"))
 
     def _region(self, smiles: list[str], scores: np.ndarray, space: SearchSpace) -> SearchSpace:
         if self._pca is None:
@@ -561,7 +592,8 @@ class Adapter:
         return space
 
     def info(self) -> dict[str, Any]:
-        return {"adapt": self.config.method, "adapt_rounds": self.round, "adapt_oracle_calls": list(self.calls)}
+        return {"adapt": self.config.method, "adapt_rounds": self.round, "adapt_oracle_calls": list(self.calls),
+                "adapt_resets": sum(1 for h in self.history if h.get("reset"))}
 
 
 class TopProgress:
@@ -639,7 +671,7 @@ def _load_weights(model, path: Path) -> None:
 def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
                            new_sampler: Callable[[SearchSpace, int], Any], scorer, mlog: MoleculeLog,
                            settings: _Settings, mirror: _Mirror | None, time_offset: float,
-                           started: float) -> tuple[_Stats, str]:
+                           started: float, first: SearchSpace | None = None) -> tuple[_Stats, str]:
     """:func:`~molvae.optimize.loop._search` in rounds, adapting the model between them.
 
     One in-memory study carries all rounds (trial numbers continue, the mirror writes them
@@ -647,9 +679,12 @@ def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
     whose CMA-ES stream is the round, so a resumed sampler replays only its round's trials.
     With ``restart=false`` the sampler and region carry on across adaptations (the stream
     stays that of the last restart) and are renewed only after a stall.
-    A round ends at the next adaptation's oracle call or when its sampler stalls; a round
-    that stalls without finding a new molecule ends the search.
+    A round ends at the next adaptation's oracle call or when its sampler stalls. An adapted
+    round that stalls without finding a new molecule is followed by a round on the shipped
+    weights in ``first`` (the run's first region; :meth:`Adapter.reset`); a stall without a
+    new molecule in round 0 or in such a round ends the search.
     """
+    first = space if first is None else first
     total = _Stats()
     total.time["adapt"] = 0.0
     if adapter.round > 0:
@@ -669,11 +704,15 @@ def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
         if len(mlog) >= settings.budget:
             return total, "budget"
         at_plateau = waiting and reason == "patience" and (settings.patience is None or plateau < settings.patience)
+        if reason == "stalled" and stats.new == 0 and adapter.round > 0 and not adapter.was_reset:
+            space = adapter.reset(mlog, first)
+            study.sampler = new_sampler(space, adapter.round)
+            continue
         if not (reason == "budget" or at_plateau or (reason == "stalled" and stats.new > 0)):
             return total, reason
         t = time.perf_counter()
         restart = adapter.config.restart or reason == "stalled"
-        space = adapter.adapt(mlog, space, restart)
+        space = adapter.adapt(mlog, space, restart, stalled=reason == "stalled")
         if restart:
             study.sampler = new_sampler(space, adapter.round)
         total.time["adapt"] += time.perf_counter() - t

@@ -336,7 +336,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
                     adapter, study, adapter.resume(space),
                     lambda region, rnd: make_sampler(sampler, eff_seed, batch_size, multi,
                                                      region.distributions(), stream=rnd),
-                    scorer, mlog, settings, mirror, time_offset, started)
+                    scorer, mlog, settings, mirror, time_offset, started, first=space)
         finally:
             if mirror is not None:
                 wait = mirror.close()
