@@ -465,6 +465,37 @@ def test_rank_weighted_parents_favour_the_best_and_run_seeded(tiny_model, tmp_pa
     assert json.loads((tmp_path / "a" / "run.json").read_text())["adapt"]["parent_k"] == 0.01
 
 
+def test_niche_keeps_other_frameworks_in_the_parent_pool(tiny_model, tmp_path):
+    """``niche=n``: at most n of the pool share a generic Murcko framework, the next best of
+    other frameworks (acyclic molecules count as one) fill the pool; 0 keeps the plain top."""
+    from types import SimpleNamespace
+
+    from molvae.optimize.policy import PolicyProposer, generic_framework
+
+    ranked = ["Cc1ccc(-c2ccccc2)cc1", "Cc1ccc(-c2ccncc2)cc1", "Oc1ccc(-c2ccccn2)cc1",   # biphenyls
+              "Nc1ccc(-c2ccco2)cc1",     # phenyl-furan: another framework
+              "Clc1ccc(-c2ccccc2)cc1", "c1ccc2ccccc2c1", "CCCCO", "CCCCN", "CCCCS",
+              "[Si]1[Si][Si]1" * 1, "C1CC2CCC1C2"]  # odd elements and a bridged ring read too
+    log = SimpleNamespace(scores=[1.0 - 0.05 * i for i in range(len(ranked))] + [float("nan")],
+                          columns=["smiles"], rows=[[s] for s in ranked] + [["C1=CC=CC=C1C1=CC=CC=C1"]])
+    assert generic_framework(ranked[0]) == generic_framework(ranked[2]) != generic_framework(ranked[3])
+    assert generic_framework("CCCCO") == generic_framework("not a molecule") == ""
+
+    def top(niche, pool):
+        return PolicyProposer(None, None, log, 4, pool, 1.0, 0, 0, {}, niche=niche)._top()
+
+    assert top(0, 6) == ranked[:6]
+    assert top(2, 6) == [ranked[0], ranked[1], ranked[3], ranked[5], ranked[6], ranked[7]]
+    assert top(1, 100) == [ranked[0], ranked[3], ranked[5], ranked[6], ranked[9], ranked[10]]  # NaN left out
+
+    # In a run: the setting reaches run.json, the batches still fill, nothing repeats.
+    spec = "retrain:policy=4/graph=4/pool=8/niche=2/radius=8.0/molecules=16/after_plateau=none"
+    df = optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                  out_dir=tmp_path / "run", progress=False)
+    assert len(df) == 40 and df["smiles"].is_unique and (df["trial"] == -2).sum() > 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["adapt"]["niche"] == 2
+
+
 def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
     """``graph=N`` adds up to N molecules per batch made from the pool by graph crossover and
     mutation: they reach the ledger as trial -2, new, written in the model's vocabulary, and
@@ -580,6 +611,9 @@ def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     ("retrain:graph=1000000000", r"graph must be a whole number from 0"),
     ("retrain:graph=2.5", r"graph must be a whole number, got '2.5'"),
     ("retrain:graph=many", r"graph must be a whole number, got 'many'"),
+    ("retrain:niche=-1", r"niche must be a whole number from 0 \(off\)"),
+    ("retrain:niche=1.5", r"niche must be a whole number, got '1.5'"),
+    ("retrain:niche=1e12", r"niche must be a whole number"),
     ("retrain:crossover=-0.1", r"crossover must be a number from 0 to 1"),
     ("retrain:crossover=1.5", r"crossover must be a number from 0 to 1"),
     ("retrain:crossover=nan", r"crossover must be a number from 0 to 1"),

@@ -152,7 +152,7 @@ STATE_VERSION = 1
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
                   "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
                   "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5,
-                  "ring_crossover": 0.0}
+                  "ring_crossover": 0.0, "niche": 0}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -217,6 +217,11 @@ class AdaptConfig:
     # PMO tasks (seed 0) 0.5 lost 0.21 on ten (new ring systems lose the rediscoveries' and
     # hops' fingerprint bits) and 0.15 was level on the 19 without valsartan (docs/benchmarks.md).
     ring_crossover: float = 0.0
+    # At most this many of the pool share one generic Murcko framework (ring systems and
+    # linkers, atoms and bonds made generic); the next best of other frameworks take their
+    # places. 0: the pool is the plain top ``pool``. A search that converged on one framework
+    # (celecoxib's seeds that end near 0.5) keeps breeding from the others too.
+    niche: int = 0
     # false: CMA-ES keeps its state and region across adaptations (only the decoder under it
     # changes) and restarts around the best only when it stalls. Measured far worse (celecoxib
     # 0.494 vs 0.570, seed 0; docs/benchmarks.md): the converged search needs the fresh start.
@@ -243,6 +248,8 @@ class AdaptConfig:
             raise MolvaeError(f"adapt policy must be a whole number from 0 to {MAX_BATCH_SIZE:,}, got {self.policy!r}")
         if isinstance(self.graph, bool) or not isinstance(self.graph, int) or not 0 <= self.graph <= MAX_BATCH_SIZE:
             raise MolvaeError(f"adapt graph must be a whole number from 0 to {MAX_BATCH_SIZE:,}, got {self.graph!r}")
+        if isinstance(self.niche, bool) or not isinstance(self.niche, int) or not 0 <= self.niche <= MAX_MOLECULES:
+            raise MolvaeError(f"adapt niche must be a whole number from 0 (off) to {MAX_MOLECULES:,}, got {self.niche!r}")
         if isinstance(self.pool, bool) or not isinstance(self.pool, int) or not 1 <= self.pool <= MAX_MOLECULES:
             raise MolvaeError(f"adapt pool must be a whole number from 1 to {MAX_MOLECULES:,}, got {self.pool!r}")
         from ..model import MAX_TEMPERATURE, MIN_TEMPERATURE
@@ -441,6 +448,7 @@ class Adapter:
         self._pca = None
         self._encoded: dict[str, list[int] | None] = {}  # the ledger's token ids, for finetune
         self._codes: dict[str, np.ndarray | None] = {}    # posterior means, for the policy's parents
+        self._frameworks: dict[str, str] = {}              # generic Murcko frameworks, for niche
         self._progress = TopProgress()
 
     def proposer(self, inner, mlog: MoleculeLog):
@@ -454,7 +462,7 @@ class Adapter:
             return inner
         return PolicyProposer(inner, self.model, mlog, policy, c.pool, c.temperature, self.seed,
                               self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k,
-                              c.mutation, c.ring_crossover)
+                              c.mutation, c.ring_crossover, c.niche, self._frameworks)
 
     # ---------------------------------------------------------------- files
 

@@ -36,6 +36,24 @@ POLICY_TRIAL = -1   # the ledger's trial number of a policy sample
 GRAPH_TRIAL = -2    # ... and of a graph crossover/mutation child
 
 
+def generic_framework(smiles: str) -> str:
+    """Ring systems and the linkers between them, every atom a carbon and every bond single
+    (Bemis-Murcko); "" for an acyclic molecule or one RDKit cannot read."""
+    from rdkit import Chem
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
+    from .. import chem
+
+    mol = chem.to_mol(smiles)
+    if mol is None or not mol.GetRingInfo().NumRings():
+        return ""
+    try:
+        core = MurckoScaffold.MakeScaffoldGeneric(MurckoScaffold.GetScaffoldForMol(mol))
+        return Chem.MolToSmiles(MurckoScaffold.GetScaffoldForMol(core))
+    except (ValueError, RuntimeError):  # RDKit's sanitization of odd valences
+        return ""
+
+
 class PolicyProposer:
     """Wraps a latent proposer (the round's CMA-ES) and adds ``config.policy`` sampled
     molecules to each of its batches."""
@@ -43,7 +61,8 @@ class PolicyProposer:
     def __init__(self, inner, model, mlog: MoleculeLog, policy: int, pool: int, temperature: float,
                  seed: int, round_: int, codes: dict[str, np.ndarray | None], crossover: float = 0.0,
                  graph: int = 0, encoded: dict[str, list[int] | None] | None = None,
-                 parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0):
+                 parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0,
+                 niche: int = 0, frameworks: dict[str, str] | None = None):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -62,6 +81,8 @@ class PolicyProposer:
         self.parent_k = parent_k      # 0: parents uniform over the pool; > 0: rank-weighted
         self.mutation = mutation      # chance a graph child is mutated after its crossover
         self.ring_crossover = ring_crossover  # share of the graph crossovers made on rings
+        self.niche = niche            # most pool members of one generic framework (0: no limit)
+        self.frameworks = {} if frameworks is None else frameworks  # SMILES -> framework, cached
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -71,7 +92,25 @@ class PolicyProposer:
         scores = np.where(np.isfinite(scores), scores, -np.inf)
         order = np.argsort(-scores, kind="stable")
         col = self.mlog.columns.index("smiles")
-        return [self.mlog.rows[i][col] for i in order[:self.pool] if np.isfinite(scores[i])]
+        if not self.niche:
+            return [self.mlog.rows[i][col] for i in order[:self.pool] if np.isfinite(scores[i])]
+        top: list[str] = []
+        count: dict[str, int] = {}
+        for i in order:
+            if len(top) >= self.pool or not np.isfinite(scores[i]):
+                break
+            smiles = self.mlog.rows[i][col]
+            key = self._framework(smiles)
+            if count.get(key, 0) < self.niche:
+                count[key] = count.get(key, 0) + 1
+                top.append(smiles)
+        return top
+
+    def _framework(self, smiles: str) -> str:
+        """The generic Murcko framework of ``smiles`` ("" for acyclic or unreadable ones)."""
+        if smiles not in self.frameworks:
+            self.frameworks[smiles] = generic_framework(smiles)
+        return self.frameworks[smiles]
 
     def _fits(self, smiles: str) -> bool:
         """Whether the model's vocabulary and length can write ``smiles`` (cached for the
