@@ -207,9 +207,9 @@ class AdaptConfig:
     # sums 13.48 against 13.30 for uniform parents (seeds 0-2, docs/benchmarks.md).
     parent_k: float = 0.01
     # The chance that a graph child is also mutated after its crossover (always when the
-    # crossover fails): 0.5 since graph children began. 0.85: +0.135 on the 19 PMO tasks
-    # without valsartan over seeds 0-4 (ahead on four), valsartan found on 2 seeds of 10
-    # against 3, level in expectation (docs/benchmarks.md).
+    # crossover fails): 0.5 since graph children began. 0.85: +0.10 on the 19 PMO tasks
+    # without valsartan over seeds 0-6 (ahead on five, paired t 1.8), valsartan found on 5
+    # seeds of 18 by both but later, level in expectation (docs/benchmarks.md).
     mutation: float = 0.5
     # The share of graph crossovers that cut a ring of each parent at two bonds and join the
     # parts by two bonds (molvae.optimize.mutate.ring_crossover; GB-GA makes half its
