@@ -597,7 +597,64 @@ def test_policy_crossover_proposes_points_between_two_of_the_pool(monkeypatch):
     assert props[0.0]._decode_seed == props[1.0]._decode_seed   # same draws before the crossover's
 
 
+def test_policy_jitter_moves_the_parents_codes_by_its_sd(monkeypatch):
+    """jitter=s: each policy point is a pool code plus Gaussian noise of sd s; jitter=0
+    proposes the pool's own codes with the same draws as before the setting existed."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from molvae.optimize.policy import PolicyProposer
+
+    class Inner:
+        def propose(self, n, stats):
+            return [None] * n, list(range(n)), np.zeros((n, 8))
+
+    class Log(list):
+        pass
+
+    parents = np.arange(24, dtype=float).reshape(3, 8)   # codes 8 apart: the nearest is the parent
+    log = Log(range(5))
+    props = {s: PolicyProposer(Inner(), None, log, policy=400, pool=3, temperature=1.0, seed=1, round_=2,
+                               codes={}, jitter=s) for s in (0.0, 0.5)}
+    for p in props.values():
+        monkeypatch.setattr(p, "_top", lambda: ["C", "CC", "CCC"])
+        monkeypatch.setattr(p, "_parents", lambda top: parents)
+    stats = SimpleNamespace(time=defaultdict(float))
+    _, numbers, z0 = props[0.0].propose(4, stats)
+    _, _, z1 = props[0.5].propose(4, stats)
+    assert numbers == [0, 1, 2, 3] + [-1] * 400 and z1.shape == (404, 8)
+    assert all(any(np.array_equal(row, q) for q in parents) for row in z0[4:])
+    nearest = parents[np.argmin(((z1[4:, None, :] - parents[None]) ** 2).sum(-1), axis=1)]
+    noise = z1[4:] - nearest
+    assert np.allclose(nearest, z0[4:])               # the same parents were drawn
+    assert abs(noise.std() - 0.5) < 0.03 and abs(noise.mean()) < 0.03
+    assert props[0.0]._decode_seed == props[0.5]._decode_seed
+
+
+def test_jitter_reaches_the_run_and_its_record(tiny_model, tmp_path):
+    """``retrain:jitter=0.5`` is a setting of the run (run.json); the run completes, each
+    molecule scored once, and its policy samples are not those of the same run without it."""
+    spec = "retrain:policy=8/graph=0/pool=8/radius=8.0/molecules=16/after_plateau=none"
+    runs = {}
+    for name, extra in (("plain", ""), ("jit", "/jitter=0.5")):
+        out = tmp_path / name
+        optimize(tiny_model, "qed", budget=48, batch_size=4, seed=3, adapt=spec + extra, adapt_every=16,
+                 out_dir=out, progress=False)
+        runs[name] = pd.read_csv(out / "molecules.csv")
+        assert json.loads((out / "run.json").read_text())["adapt"]["jitter"] == (0.5 if extra else 0.0)
+    df = runs["jit"]
+    assert list(df["oracle_call"]) == list(range(1, 49)) and df["smiles"].is_unique
+    assert (df["trial"] == -1).sum() > 0
+    pd.testing.assert_frame_equal(df.head(16).drop(columns="seconds"),            # round 0: no policy
+                                  runs["plain"].head(16).drop(columns="seconds"))
+    assert list(df["smiles"]) != list(runs["plain"]["smiles"])
+
+
 @pytest.mark.parametrize("spec,match", [
+    ("retrain:jitter=-0.1", r"jitter must be a number from 0 to 10"),
+    ("retrain:jitter=nan", r"jitter must be a number from 0 to 10"),
+    ("retrain:jitter=1e300", r"jitter must be a number from 0 to 10"),
+    ("retrain:jitter=wide", r"jitter must be a number, got 'wide'"),
     ("retrain:policy=-1", r"policy must be a whole number from 0"),
     ("retrain:policy=1000000000", r"policy must be a whole number from 0"),
     ("retrain:policy=1.5", r"policy must be a whole number, got '1.5'"),

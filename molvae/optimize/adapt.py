@@ -152,13 +152,14 @@ STATE_VERSION = 1
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
                   "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
                   "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5,
-                  "ring_crossover": 0.0, "niche": 0}
+                  "ring_crossover": 0.0, "niche": 0, "jitter": 0.0}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
 #: to its size, at least 1): QED's top-10 creeps up in the fourth decimal long after it is done.
 PROGRESS_TOL = 1e-3
 BACKOFF_DOUBLINGS = 3   # the gap between rounds grows to at most 2**3 = 8 times ``every``
+MAX_JITTER = 10.0        # latent sd of the policy parents' noise: the prior's sd is 1
 MAX_MOLECULES = 100_000  # fine-tuning draws per round: more would stall every round for hours
 
 
@@ -194,6 +195,11 @@ class AdaptConfig:
     # Share of the policy's parents replaced by a random point on the segment between two
     # of the pool (a latent crossover, as GAs recombine two good molecules).
     crossover: float = 0.0
+    # The sd of the Gaussian noise added to each policy parent's code before it is decoded
+    # (latent units; the shipped model's posterior sd on its informative axes is about 0.2):
+    # near neighbours of a good molecule in latent space besides the decoder's own sampling
+    # around it. 0: the parents' posterior means, as before.
+    jitter: float = 0.0
     # Children per batch made from the pool by graph crossover and mutation
     # (molvae.optimize.mutate), in the rounds that have the policy's samples, and from the
     # first batch on with graph_from_start=true (a graph GA beside CMA-ES from the start).
@@ -269,6 +275,9 @@ class AdaptConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise MolvaeError(f"adapt {name} must be a number from 0 to 1, got {v!r}")
+        v = self.jitter
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_JITTER:
+            raise MolvaeError(f"adapt jitter must be a number from 0 to {MAX_JITTER:g} (latent units), got {v!r}")
         v = self.parent_k
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise MolvaeError(f"adapt parent_k must be a number >= 0 (0: uniform), got {v!r}")
@@ -466,7 +475,7 @@ class Adapter:
             return inner
         return PolicyProposer(inner, self.model, mlog, policy, c.pool, c.temperature, self.seed,
                               self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k,
-                              c.mutation, c.ring_crossover, c.niche, self._frameworks)
+                              c.mutation, c.ring_crossover, c.niche, self._frameworks, c.jitter)
 
     # ---------------------------------------------------------------- files
 

@@ -12,7 +12,8 @@ policies use, driven from the latent search's own ledger.
 Each batch draws ``policy`` parents uniformly from the ``pool`` best molecules of the ledger
 and decodes their posterior means at ``temperature``; with ``crossover`` > 0 that share of
 the parents is replaced by a random point on the segment between two of the pool (a latent
-crossover: a molecule between two good ones, as the medians and MPOs reward). The draws
+crossover: a molecule between two good ones, as the medians and MPOs reward); with ``jitter``
+> 0 each of these codes then gets Gaussian noise of that sd (latent units). The draws
 are seeded by the run's seed, the adaptation round and the ledger's length, so a resumed run
 proposes what the killed one would have. These molecules are not Optuna trials: the ledger records them with trial -1, and
 only the sampler's own points are told to it.
@@ -62,7 +63,7 @@ class PolicyProposer:
                  seed: int, round_: int, codes: dict[str, np.ndarray | None], crossover: float = 0.0,
                  graph: int = 0, encoded: dict[str, list[int] | None] | None = None,
                  parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0,
-                 niche: int = 0, frameworks: dict[str, str] | None = None):
+                 niche: int = 0, frameworks: dict[str, str] | None = None, jitter: float = 0.0):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -83,6 +84,7 @@ class PolicyProposer:
         self.ring_crossover = ring_crossover  # share of the graph crossovers made on rings
         self.niche = niche            # most pool members of one generic framework (0: no limit)
         self.frameworks = {} if frameworks is None else frameworks  # SMILES -> framework, cached
+        self.jitter = jitter          # sd of the noise on the parents' codes (0: their means)
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -169,6 +171,9 @@ class PolicyProposer:
             mates = parents[rng.integers(len(parents), size=self.policy)]
             u = rng.random((self.policy, 1))
             zp = np.where(cross[:, None], zp + u * (mates - zp), zp)
+        if self.jitter > 0:
+            # Drawn last, so runs without jitter draw exactly as before.
+            zp = zp + self.jitter * rng.standard_normal(zp.shape)
         zc = np.zeros((len(self._children), zp.shape[1]))  # placeholders: not decoded
         return list(trials) + [None] * len(extra), list(numbers) + extra, \
             np.concatenate([np.asarray(z, dtype=np.float64), zp.astype(np.float64), zc])
