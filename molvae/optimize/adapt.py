@@ -186,8 +186,9 @@ class AdaptConfig:
     # every round, or from the first adaptation on with policy_from_start=false. 16 from the
     # first adaptation: PMO-20 sums 12.02 / 12.51 / 12.17 on seeds 0-2 against 11.97 / 12.23 /
     # 11.91 without (+1.6 %); from the start it cut the climb short (docs/benchmarks.md).
-    # temperature 1.3: +0.13 on the 19 PMO tasks without valsartan over seeds 0-3 (ahead on
-    # three, paired t 1.2), more of its samples new; a candidate (docs/benchmarks.md).
+    # temperature 1.3: +0.095 on the 19 PMO tasks without valsartan over seeds 0-5 (paired t
+    # 1.25; thiothixene up, celecoxib and the hops down), under the rule that would have made
+    # it the default (docs/benchmarks.md).
     policy: int = 16
     pool: int = 64
     temperature: float = 1.0
