@@ -290,6 +290,58 @@ def test_an_adapted_round_that_finds_nothing_new_goes_back_to_the_shipped_model(
     assert more.attrs["summary"]["resumed_from_calls"] == 48
 
 
+@pytest.mark.parametrize("round_, calls, scored", [(1, [16], 20), (0, [], 5)])
+def test_a_resumed_round_that_scored_before_the_kill_is_not_taken_for_a_dry_one(
+        tiny_model, monkeypatch, round_, calls, scored):
+    """A round killed after it had scored molecules, whose resumed part then stalls without a
+    new one, found molecules: it must be followed by an adaptation (as without the kill), not
+    by a reset to the shipped model (round >= 1) nor the end of the search (round 0). Seen in
+    CI: a reset recorded at call 30 after a round that began at call 29."""
+    import types
+
+    import molvae.optimize.adapt as adapt_mod
+    from molvae.optimize.loop import _Settings, _Stats
+
+    ledger = type("Ledger", (), {"__len__": lambda self: len(self.scores)})()
+    ledger.scores = [0.5] * scored
+    segments = iter([(0, "stalled"), (64 - scored, "budget")])
+
+    def fake_search(model, proposer, scorer, log, settings, *args):
+        n, reason = next(segments)
+        log.scores.extend([0.4] * n)
+        return _Stats(new=n), reason
+
+    adapter = adapt_mod.Adapter(tiny_model, AdaptConfig(every=16, policy=0, graph=0), None, 0, 4)
+    adapter.round, adapter.calls = round_, list(calls)
+    adapter.history = [{"round": r + 1, "oracle_call": c} for r, c in enumerate(calls)]
+    events = []
+
+    def fake_adapt(log, space, restart=True, stalled=False):
+        events.append(("adapt", len(log), stalled))
+        adapter.round += 1
+        adapter.calls.append(len(log))
+        return space
+
+    def fake_reset(log, space):
+        events.append(("reset", len(log)))
+        adapter.round += 1
+        adapter.calls.append(len(log))
+        adapter.history.append({"reset": True})
+        return space
+
+    monkeypatch.setattr(adapt_mod, "_search", fake_search)
+    monkeypatch.setattr(adapter, "adapt", fake_adapt)
+    monkeypatch.setattr(adapter, "reset", fake_reset)
+    study = types.SimpleNamespace(sampler=None)
+    space = types.SimpleNamespace(distributions=lambda: {})
+    settings = _Settings(budget=64, batch_size=8, time_limit=None, target=None, patience=None,
+                         show_progress=False)
+    _, reason = adapt_mod.search_with_adaptation(adapter, study, space, lambda space, r: None, None,
+                                                 ledger, settings, None, 0.0, time.perf_counter())
+    assert reason == "budget" and len(ledger) == 64
+    assert events == [("adapt", scored, True)]
+
+
 def test_kill_after_the_plateau_adaptation_then_resume(tiny_model_dir, tmp_path):
     """The default adaptation (after the plateau) killed mid-round: the resumed run keeps the
     plateau's adaptation call, adapts every `every` calls after it, loses and re-scores nothing."""

@@ -727,12 +727,16 @@ def search_with_adaptation(adapter: Adapter, study, space: SearchSpace,
         total.merge(stats)
         if len(mlog) >= settings.budget:
             return total, "budget"
+        # What the whole round found, from its first call: a resumed round's search counts only
+        # what it scored after the kill, and a round that scored molecules before a kill is
+        # not a dry one (it used to be reset, unlike the same round run without the kill).
+        found = len(mlog) - (adapter.calls[-1] if adapter.calls else 0)
         at_plateau = waiting and reason == "patience" and (settings.patience is None or plateau < settings.patience)
-        if reason == "stalled" and stats.new == 0 and adapter.round > 0 and not adapter.was_reset:
+        if reason == "stalled" and found == 0 and adapter.round > 0 and not adapter.was_reset:
             space = adapter.reset(mlog, first)
             study.sampler = new_sampler(space, adapter.round)
             continue
-        if not (reason == "budget" or at_plateau or (reason == "stalled" and stats.new > 0)):
+        if not (reason == "budget" or at_plateau or (reason == "stalled" and found > 0)):
             return total, reason
         t = time.perf_counter()
         restart = adapter.config.restart or reason == "stalled"
