@@ -257,6 +257,8 @@ def benchmark_optimize(model, tasks: Sequence[str] | None = None,
         settings["suite"] = suite
     if getattr(model, "decode_bf16", False):  # bf16 decodes differ from fp32 ones: never mix
         settings["decode"] = "bf16"  # their runs (fp32 runs files from before stay valid)
+    if getattr(model, "finetune_bf16", False):  # and so do mixed-precision fine-tunes (all
+        settings["finetune"] = "bf16"            # methods: one key for the whole runs file)
     done = _Checkpoint(Path(out).with_suffix(".runs.jsonl") if out is not None else None, settings)
     runs, constrained, pending = [], [], []
     started = time.perf_counter()
@@ -363,9 +365,10 @@ def _worker_init(payload: tuple, threads: int, pca_molecules: int) -> None:
     global _WORKER_MODEL
     torch.set_num_threads(threads)
     region.PCA_MOLECULES = pca_molecules  # the parent's setting, so both use one PCA
-    module, vocab, device, metadata, prior, precision = payload
+    module, vocab, device, metadata, prior, precision, finetune_bf16 = payload
     _WORKER_MODEL = MolVAE(module, vocab, device, metadata=metadata, precision=precision)
     _WORKER_MODEL.prior = prior
+    _WORKER_MODEL.finetune_bf16 = finetune_bf16
 
 
 def _worker_payload(model) -> tuple:
@@ -375,7 +378,8 @@ def _worker_payload(model) -> tuple:
     import copy
 
     return (copy.deepcopy(model.module).to("cpu"), model.vocab, str(model.device), model.metadata,
-            model.prior, "bf16" if getattr(model, "decode_bf16", False) else "fp32")
+            model.prior, "bf16" if getattr(model, "decode_bf16", False) else "fp32",
+            bool(getattr(model, "finetune_bf16", False)))
 
 
 def _worker_run(job: tuple, suite: str | None, batch_size: int, n_components: int,

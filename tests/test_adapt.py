@@ -74,7 +74,8 @@ def test_rank_weights_favour_the_best_as_tripp_et_al():
     assert w[1] > w[2] > w[0] > w[3]                       # NaN ranks last
 
 
-def test_finetuning_raises_the_likelihood_of_the_best_molecules(tiny_model, small_smiles):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_finetuning_raises_the_likelihood_of_the_best_molecules(tiny_model, small_smiles, bf16):
     import copy
 
     model = copy.copy(tiny_model)
@@ -90,8 +91,9 @@ def test_finetuning_raises_the_likelihood_of_the_best_molecules(tiny_model, smal
 
     before = recon(model)
     config = AdaptConfig(molecules=256, lr=3e-3)
-    finetune(model, smiles, scores, config, seed=0)
+    finetune(model, smiles, scores, config, seed=0, bf16=bf16)  # bf16: mixed precision, as fast CPUs do
     assert recon(model) < before - 1.0                      # nats per molecule
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())
     # The encoder is untouched (decoder_only): codes, and so the search axes, stay put.
     for name, p in model.module.named_parameters():
         if name.split(".")[0] in ("encoder", "encoder_reverse", "to_latent", "embedding"):
@@ -700,6 +702,49 @@ def test_jitter_reaches_the_run_and_its_record(tiny_model, tmp_path):
     pd.testing.assert_frame_equal(df.head(16).drop(columns="seconds"),            # round 0: no policy
                                   runs["plain"].head(16).drop(columns="seconds"))
     assert list(df["smiles"]) != list(runs["plain"]["smiles"])
+
+
+def test_a_search_fine_tunes_in_the_models_precision_and_records_it(tiny_model_dir, tmp_path):
+    """A model that decodes in bf16 fine-tunes in mixed bf16 (fp32 weights), the rounds say so
+    in the run folder, and the saved weights stay fp32; an fp32 model's rounds record nothing
+    new. Either search scores each molecule once, to the budget."""
+    from molvae.model import MolVAE, load_model
+    from safetensors.torch import load_file
+
+    base = load_model(tiny_model_dir, device="cpu")
+    for precision in ("fp32", "bf16"):
+        model = MolVAE(base.module, base.vocab, "cpu", precision=precision)
+        assert model.finetune_bf16 == (precision == "bf16")
+        out = tmp_path / precision
+        df = optimize(model, "qed", budget=40, batch_size=8, seed=0, out_dir=out, progress=False,
+                      adapt="retrain:molecules=32/graph=0", adapt_every=16)
+        assert len(df) == 40 and df["smiles"].is_unique
+        state = json.loads((out / "adapt" / "state.json").read_text())
+        assert state["history"] and all(h.get("bf16", False) == (precision == "bf16")
+                                        for h in state["history"] if not h.get("reset")), state["history"]
+        saved = load_file(str(out / "adapt" / state["weights"]))
+        assert all(t.dtype == torch.float32 for t in saved.values())
+
+
+def test_bench_finetune_times_both_precisions_on_the_same_draws(tiny_model_dir, tmp_path, capsys):
+    from molvae.cli import main
+    from molvae.data import BUNDLED, read_smiles
+
+    out = tmp_path / "ft.json"
+    src = tmp_path / "mols.smi"
+    src.write_text("\n".join(read_smiles(BUNDLED["train"])[:120] + ["not a molecule", "C" * 5000]) + "\n")
+    assert main(["bench", "finetune", "--model", str(tiny_model_dir), "--smiles", str(src), "-n", "200",
+                 "--molecules", "64", "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    assert all(r["molecules_per_s"] > 0 and r["nll_best_after"] < r["nll_best_before"] for r in rows)
+    assert rows[1]["bf16_speedup"] > 0 and "speedup" in capsys.readouterr().out
+    for bad, flag in ((["--molecules", "0"], "--molecules"), (["--molecules", "10" * 10], "--molecules"),
+                      (["--repeats", "-2"], "--repeats"), (["-n", "0"], "-n"),
+                      (["--smiles", str(tmp_path / "missing.smi")], "missing.smi")):
+        capsys.readouterr()
+        assert main(["bench", "finetune", "--model", str(tiny_model_dir), "-n", "50", *bad]) == 1
+        assert flag in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec,match", [

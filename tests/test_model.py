@@ -198,6 +198,40 @@ def test_loss_reports_elbo_terms():
     assert vae.module.output.weight.grad is not None
 
 
+def test_bf16_rnns_train_the_fp32_weights_with_nearly_the_fp32_loss_and_gradients():
+    """Mixed precision for a search's fine-tuning: inside bf16_rnns() the loss and gradients are
+    those of fp32 to bf16's precision, the gradients land on the fp32 weights, and afterwards
+    the network computes in fp32 again, exactly as before (even after an error inside)."""
+    vae = tiny_vae(dec_hidden=64)
+    ids = vae.vocab.to_tensor([vae.vocab.encode(s) for s in SMILES])
+    module = vae.module.train()
+
+    def loss_and_grads():
+        module.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        loss = module.loss(ids, step=10**9)["recon"]
+        loss.backward()
+        return float(loss.detach()), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    ref_loss, ref_grads = loss_and_grads()
+    with module.bf16_rnns():
+        loss, grads = loss_and_grads()
+    assert loss == pytest.approx(ref_loss, rel=0.02)
+    assert set(grads) == set(ref_grads)
+    for name in ("decoder.weight_hh_l0", "encoder.weight_ih_l0", "output.weight"):
+        a, b = grads[name].flatten(), ref_grads[name].flatten()
+        assert a.dtype == torch.float32
+        assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.98, name
+        assert not torch.equal(a, b), name  # the context did compute in bf16
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    with pytest.raises(RuntimeError, match="inside"):
+        with module.bf16_rnns():
+            raise RuntimeError("inside")
+    assert loss_and_grads()[0] == ref_loss  # fp32 again, bit for bit
+    with module.bf16_rnns(enabled=False):
+        assert loss_and_grads()[0] == ref_loss
+
+
 def test_kl_schedules():
     lin = ModelConfig(10, 10, beta_max=0.2, kl_schedule="linear", kl_anneal_steps=100)
     assert [kl_weight(lin, s) for s in (0, 50, 100, 500)] == pytest.approx([0, 0.1, 0.2, 0.2])

@@ -259,6 +259,10 @@ def test_bench_workers_decode_in_the_callers_precision(tiny_model_dir, precision
     benchmark._worker_init(benchmark._worker_payload(model), 1, region.PCA_MOLECULES)
     try:
         assert benchmark._WORKER_MODEL.decode_bf16 == (precision == "bf16")
+        assert benchmark._WORKER_MODEL.finetune_bf16 == (precision == "bf16")
+        model.finetune_bf16 = not model.finetune_bf16  # set apart from the decoding: kept too
+        benchmark._worker_init(benchmark._worker_payload(model), 1, region.PCA_MOLECULES)
+        assert benchmark._WORKER_MODEL.finetune_bf16 == (precision != "bf16")
     finally:
         benchmark._WORKER_MODEL = None
 
@@ -281,6 +285,7 @@ def test_bench_keeps_bf16_runs_apart_from_fp32_runs(tiny_model_dir, tmp_path):
     benchmark_optimize(MolVAE(base.module, base.vocab, "cpu", precision="bf16"), **kw)
     both = [json.loads(line) for line in runs.read_text().splitlines()]
     assert len(both) == 2 and both[1]["settings"]["decode"] == "bf16"   # measured, not reused
+    assert both[1]["settings"]["finetune"] == "bf16" and "finetune" not in fp32[0]["settings"]
     benchmark_optimize(MolVAE(base.module, base.vocab, "cpu", precision="fp32"), **kw)
     assert len(runs.read_text().splitlines()) == 2                      # fp32 run reused
 

@@ -1,4 +1,4 @@
-"""`molvae optimize` and `molvae bench optimize`."""
+"""`molvae optimize`, `molvae bench optimize` and `molvae bench finetune`."""
 
 from __future__ import annotations
 
@@ -95,6 +95,50 @@ def register(sub, bench) -> None:
                    help="Markdown table; a .csv is written beside it, and each finished run goes to "
                         "OUT.runs.jsonl as it ends, so re-running the same command resumes")
     b.set_defaults(func=cmd_bench)
+
+    b = bench.add_parser("finetune", help="a search's fine-tuning round, fp32 vs mixed bf16, same run")
+    b.add_argument("--model", default=None, help=MODEL_HELP)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--smiles", default=None,
+                   help="molecules to fine-tune on, ranked by QED (default: the bundled training set)")
+    b.add_argument("-n", type=int, default=2000, help="how many of them (the first N)")
+    b.add_argument("--molecules", type=int, default=256, help="rank-weighted draws per round (the search's 256)")
+    b.add_argument("--repeats", type=int, default=3, help="alternating rounds per precision; the fastest counts")
+    b.add_argument("--out", default=None, help="also write the figures as JSON")
+    b.set_defaults(func=cmd_bench_finetune)
+
+
+def cmd_bench_finetune(args) -> int:
+    """`molvae bench finetune`: what mixed bf16 saves on a search's fine-tuning rounds."""
+    import json
+
+    import numpy as np
+
+    from .. import chem
+    from ..data import BUNDLED, read_smiles
+    from ..errors import MolvaeError
+    from ..model import load_model
+    from ..optimize.adapt import benchmark_finetuning
+
+    if isinstance(args.n, bool) or not 1 <= args.n <= 1_000_000:
+        raise MolvaeError(f"-n must be a whole number from 1 to 1,000,000, got {args.n!r}")
+    src = Path(args.smiles) if args.smiles else BUNDLED["train"]
+    smiles = read_smiles(src)[:args.n]
+    if not smiles:
+        raise MolvaeError(f"{src}: no molecules to fine-tune on")
+    scores = np.array([chem.PROPERTIES["qed"](m) if (m := chem.to_mol(s)) is not None else np.nan
+                       for s in smiles])
+    model = load_model(args.model, device=args.device)
+    rows = benchmark_finetuning(model, smiles, scores, molecules=args.molecules, repeats=args.repeats)
+    print(f"{'device':>8} {'precision':>9} {'mol/s':>8} {'loss':>8} {'NLL of the 32 best: before':>27} "
+          f"{'after':>7} {'speedup':>8}")
+    for r in rows:
+        speed = f"{r['bf16_speedup']:.2f}x" if "bf16_speedup" in r else ""
+        print(f"{str(model.device):>8} {r['precision']:>9} {r['molecules_per_s']:>8,.1f} {r['loss']:>8.3f} "
+              f"{r['nll_best_before']:>27.3f} {r['nll_best_after']:>7.3f} {speed:>8}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0
 
 
 def _objective(specs: list[str], allow_code: bool = False):

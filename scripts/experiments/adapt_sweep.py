@@ -46,12 +46,23 @@ def run(job):
     from molvae.optimize.outputs import top_k_auc
 
     name, _, rest = spec.partition(":")
+    # finetune_bf16=0/1 is the model's fine-tuning precision (MolVAE.finetune_bf16), not an
+    # AdaptConfig setting: it pins it apart from the decoding precision (MOLVAE_CPU_BF16).
+    items = [x for x in rest.split("/") if x]
+    pinned = [x for x in items if x.startswith("finetune_bf16=")]
+    rest = "/".join(x for x in items if x not in pinned)
+    model = load_model()
+    for x in pinned:
+        model.finetune_bf16 = x.partition("=")[2] == "1"
     adapt = "none" if name == "cmaes" else parse_adapt("retrain:" + rest) if rest else AdaptConfig()
     t = time.perf_counter()
-    df = molvae.optimize(load_model(), pmo.objective(task), budget=budget, seed=seed, adapt=adapt, progress=False)
+    df = molvae.optimize(model, pmo.objective(task), budget=budget, seed=seed, adapt=adapt, progress=False)
     s = df.attrs["summary"]
     scores = df.sort_values("oracle_call")["score"].to_numpy(float)
     row = {"task": task, "variant": spec, "budget": budget, "seed": seed, "wall_s": round(time.perf_counter() - t, 1),
+           "decode": "bf16" if model.decode_bf16 else "fp32",
+           "finetune": "bf16" if getattr(model, "finetune_bf16", False) else "fp32",
+           "adapt_s": s.get("time", {}).get("adapt_s"),
            "top10": s["top10_mean"], "rounds": s.get("adapt_rounds"),
            "first_adapt": (s.get("adapt_oracle_calls") or [None])[0]}
     for frac in (0.1, 0.25, 0.5, 1.0):  # 10 %: what a short run would have scored
