@@ -11,10 +11,13 @@ with the AUC top-10 at 10/25/50/100 % of the budget, the final top-10, rounds an
 Runs already in OUT are skipped, so an interrupted sweep resumes.
 
     python scripts/experiments/adapt_sweep.py summary OUT.jsonl docs/bench/pmo_10k.runs.jsonl
+    python scripts/experiments/adapt_sweep.py paired OUT.jsonl BASE_VARIANT VARIANT [TASK,TASK..]
 
 prints, per variant and task, the AUC top-10 of each seed and their mean beside the PMO
 table's own ``cmaes+retrain`` runs (the defaults) for the same seeds, and the sums over the
-tasks that both have for every seed.
+tasks that both have for every seed. ``paired`` compares two variants seed by seed: each
+seed's sum over the tasks both ran on it, the per-task differences, and the paired t of the
+per-seed sums over the seeds where both ran the same tasks as the most complete seed.
 """
 import json
 import multiprocessing as mp
@@ -106,9 +109,46 @@ def summary(out: Path, runs: Path):
             print(f"| sum of {len(lines)} | {tot_b:.3f} | {tot_v:.3f} ({100 * (tot_v / tot_b - 1):+.1f} %) |")
 
 
+def paired(out: Path, base: str, variant: str, tasks: str = ""):
+    """Per-task differences and per-seed sums of VARIANT against BASE at 10,000 calls (TASKS:
+    a comma-separated subset, default all); the paired t over the seeds that ran every task
+    that the most complete seed ran."""
+    import statistics
+
+    keep = set(tasks.split(",")) if tasks else None
+    auc = {}
+    for r in map(json.loads, out.read_text().splitlines()):
+        if (r.get("budget") == 10000 and r.get("variant") in (base, variant)
+                and (keep is None or r["task"] in keep)):
+            auc[(r["variant"], r["task"], r.get("seed", 0))] = r["auc@10000"]
+    seeds = sorted({s for v, _, s in auc if v == variant})
+    shared = {s: {t for v, t, x in auc if v == variant and x == s and (base, t, s) in auc} for s in seeds}
+    seeds = [s for s in seeds if shared[s]]
+    full = max((shared[s] for s in seeds), key=len, default=set())
+    print(f"| task | {' | '.join(f'seed {s}' for s in seeds)} | mean |\n|---|{'---|' * (len(seeds) + 1)}")
+    for t in sorted(set().union(*shared.values())):
+        d = {s: auc[(variant, t, s)] - auc[(base, t, s)] for s in seeds if t in shared[s]}
+        cells = [f"{d[s]:+.3f}" if s in d else "" for s in seeds]
+        print(f"| {t} | {' | '.join(cells)} | {statistics.mean(d.values()):+.3f} |")
+    diffs = []
+    for s in seeds:
+        b = sum(auc[(base, t, s)] for t in shared[s])
+        v = sum(auc[(variant, t, s)] for t in shared[s])
+        print(f"seed {s}: {len(shared[s])} tasks, {base} {b:.3f}, {variant} {v:.3f}, {v - b:+.3f}")
+        if shared[s] >= full:
+            diffs.append(v - b)
+    if len(diffs) > 1:
+        sd = statistics.stdev(diffs)
+        t = statistics.mean(diffs) / (sd / len(diffs) ** 0.5) if sd else float("inf")
+        print(f"{len(diffs)} seeds on the same {len(full)} tasks: mean {statistics.mean(diffs):+.3f}, "
+              f"sd {sd:.3f}, paired t {t:.2f}")
+
+
 def main():
     if sys.argv[1] == "summary":
         return summary(Path(sys.argv[2]), Path(sys.argv[3]))
+    if sys.argv[1] == "paired":
+        return paired(Path(sys.argv[2]), sys.argv[3], sys.argv[4], *sys.argv[5:6])
     out, tasks, variants = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3].split(",")
     budget = int(sys.argv[4]) if len(sys.argv) > 4 else 10000
     jobs = int(sys.argv[5]) if len(sys.argv) > 5 else 2
