@@ -135,6 +135,7 @@ from .loop import MAX_BATCH_SIZE, _OptunaProposer, _search, _Settings, _Stats
 from .policy import PolicyProposer
 from .region import SearchSpace, fit_latent_pca, trust_region
 from .storage import _Mirror
+from .surrogate import TanimotoGP
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ STATE_VERSION = 1
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
                   "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
                   "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5,
-                  "ring_crossover": 0.0, "niche": 0, "jitter": 0.0}
+                  "ring_crossover": 0.0, "niche": 0, "jitter": 0.0, "screen": 1}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -160,6 +161,7 @@ CALL_SETTINGS = ("after_plateau", "backoff")
 PROGRESS_TOL = 1e-3
 BACKOFF_DOUBLINGS = 3   # the gap between rounds grows to at most 2**3 = 8 times ``every``
 MAX_JITTER = 10.0        # latent sd of the policy parents' noise: the prior's sd is 1
+MAX_SCREEN = 64          # children made per child scored: more would make each batch crawl
 MAX_MOLECULES = 100_000  # fine-tuning draws per round: more would stall every round for hours
 
 
@@ -247,6 +249,10 @@ class AdaptConfig:
     # backoff=1000 kept QED's AUC at 0.67x the wall time, but cost the isomer tasks 0.02 on one
     # seed of two, where the top-10 still crept up (docs/benchmarks.md), so it is off.
     backoff: int | None = None
+    # Graph children made for each one scored: with s > 1 the GA makes s times ``graph``
+    # children and a Gaussian process on the ledger (Tanimoto kernel on Morgan bits, UCB)
+    # keeps the ``graph`` it ranks highest (molvae.optimize.surrogate). 1: every child scored.
+    screen: int = 1
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -262,6 +268,8 @@ class AdaptConfig:
             raise MolvaeError(f"adapt policy must be a whole number from 0 to {MAX_BATCH_SIZE:,}, got {self.policy!r}")
         if isinstance(self.graph, bool) or not isinstance(self.graph, int) or not 0 <= self.graph <= MAX_BATCH_SIZE:
             raise MolvaeError(f"adapt graph must be a whole number from 0 to {MAX_BATCH_SIZE:,}, got {self.graph!r}")
+        if isinstance(self.screen, bool) or not isinstance(self.screen, int) or not 1 <= self.screen <= MAX_SCREEN:
+            raise MolvaeError(f"adapt screen must be a whole number from 1 (off) to {MAX_SCREEN}, got {self.screen!r}")
         if isinstance(self.niche, bool) or not isinstance(self.niche, int) or not 0 <= self.niche <= MAX_MOLECULES:
             raise MolvaeError(f"adapt niche must be a whole number from 0 (off) to {MAX_MOLECULES:,}, got {self.niche!r}")
         if isinstance(self.pool, bool) or not isinstance(self.pool, int) or not 1 <= self.pool <= MAX_MOLECULES:
@@ -517,6 +525,7 @@ class Adapter:
         self._encoded: dict[str, list[int] | None] = {}  # the ledger's token ids, for finetune
         self._codes: dict[str, np.ndarray | None] = {}    # posterior means, for the policy's parents
         self._frameworks: dict[str, str] = {}              # generic Murcko frameworks, for niche
+        self._surrogate = TanimotoGP()                     # its fingerprints last the run, for screen
         self._progress = TopProgress()
 
     def proposer(self, inner, mlog: MoleculeLog):
@@ -530,7 +539,8 @@ class Adapter:
             return inner
         return PolicyProposer(inner, self.model, mlog, policy, c.pool, c.temperature, self.seed,
                               self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k,
-                              c.mutation, c.ring_crossover, c.niche, self._frameworks, c.jitter)
+                              c.mutation, c.ring_crossover, c.niche, self._frameworks, c.jitter,
+                              c.screen, self._surrogate if c.screen > 1 else None)
 
     # ---------------------------------------------------------------- files
 

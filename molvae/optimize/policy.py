@@ -21,6 +21,8 @@ only the sampler's own points are told to it.
 With ``graph`` > 0 each batch also holds that many children of the pool made by graph
 crossover and mutation (:mod:`molvae.optimize.mutate`), new to the ledger and within the
 model's vocabulary and length; the ledger records them with trial -2 (:data:`GRAPH_TRIAL`).
+With ``screen`` > 1 it makes that many times more children and keeps the ones a Gaussian
+process fitted on the ledger ranks highest (:mod:`molvae.optimize.surrogate`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from .ledger import MoleculeLog
 from .loop import _decode, _Stats
 from .mutate import offspring
+from .surrogate import TanimotoGP
 
 POLICY_TRIAL = -1   # the ledger's trial number of a policy sample
 GRAPH_TRIAL = -2    # ... and of a graph crossover/mutation child
@@ -63,7 +66,8 @@ class PolicyProposer:
                  seed: int, round_: int, codes: dict[str, np.ndarray | None], crossover: float = 0.0,
                  graph: int = 0, encoded: dict[str, list[int] | None] | None = None,
                  parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0,
-                 niche: int = 0, frameworks: dict[str, str] | None = None, jitter: float = 0.0):
+                 niche: int = 0, frameworks: dict[str, str] | None = None, jitter: float = 0.0,
+                 screen: int = 1, surrogate: TanimotoGP | None = None):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -85,6 +89,8 @@ class PolicyProposer:
         self.niche = niche            # most pool members of one generic framework (0: no limit)
         self.frameworks = {} if frameworks is None else frameworks  # SMILES -> framework, cached
         self.jitter = jitter          # sd of the noise on the parents' codes (0: their means)
+        self.screen = screen          # graph children made per child kept (1: all kept)
+        self.surrogate = surrogate    # ranks them when screen > 1 (molvae.optimize.surrogate)
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -150,9 +156,16 @@ class PolicyProposer:
         if self.graph and top:
             # Its own stream, so runs without graph children draw exactly as before.
             grng = np.random.default_rng([self.seed, self.round, len(self.mlog), 2])
-            self._children = offspring(top, self.graph, grng, known=self.mlog.index, accept=self._fits,
+            screened = self.screen > 1 and self.surrogate is not None
+            self._children = offspring(top, self.graph * (self.screen if screened else 1), grng,
+                                       known=self.mlog.index, accept=self._fits,
                                        weights=self._weights(len(top)), mutation=self.mutation,
                                        ring=self.ring_crossover)
+            if screened:
+                col = self.mlog.columns.index("smiles")
+                srng = np.random.default_rng([self.seed, self.round, len(self.mlog), 3])
+                self._children = self.surrogate.rank([r[col] for r in self.mlog.rows], self.mlog.scores,
+                                                     self._children, srng)[:self.graph]
         stats.time["sampler"] += time.perf_counter() - t
         extra = [POLICY_TRIAL] * (self.policy if parents is not None else 0) \
             + [GRAPH_TRIAL] * len(self._children)

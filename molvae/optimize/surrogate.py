@@ -1,0 +1,82 @@
+"""A surrogate of the objective that screens candidates before they cost an oracle call.
+
+The graph GA makes children for about a millisecond each with no decoding, and the oracle call
+is what the budget counts. With ``screen`` = s > 1 the policy makes s times the children it
+needs and keeps those a Gaussian process on the ledger ranks highest (GP-BO with a graph GA as
+its acquisition optimizer, as Tripp et al. 2021 built it and PMO benchmarked it as "GP BO"). Scored molecules
+are the training set; the kernel is the Tanimoto similarity of Morgan bits (ECFP4, 2048),
+which is a valid kernel on bit vectors, and the acquisition is the upper confidence bound
+``mean + beta * sd``.
+
+The GP is refitted for each batch on at most ``MAX_TRAIN`` molecules: the best three quarters
+of them and a seeded draw of the rest, so its cost stays fixed (a 1,024 x 1,024 Cholesky, tens
+of milliseconds) however long the run. Everything is a function of the ledger and the seed,
+so a resumed run screens as the killed one would have.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .. import chem
+
+MAX_TRAIN = 1024      # molecules the GP is fitted on
+TOP_SHARE = 0.75      # ... of them the best scored, the rest drawn from the others
+NOISE = 0.05          # noise variance, in units of the scores' variance
+MIN_TRAIN = 16        # fewer scored molecules: no screening (the candidates keep their order)
+
+
+class TanimotoGP:
+    """Fingerprints cached by SMILES; :meth:`rank` orders candidates by the GP's UCB."""
+
+    def __init__(self, beta: float = 1.0, n_bits: int = 2048):
+        self.beta = beta
+        self.n_bits = n_bits
+        self._fps: dict[str, np.ndarray] = {}
+
+    def _matrix(self, smiles: Sequence[str]) -> np.ndarray:
+        missing = [s for s in smiles if s not in self._fps]
+        if missing:
+            for s, row in zip(missing, chem.fingerprint_matrix(missing, n_bits=self.n_bits)):
+                self._fps[s] = np.packbits(row)   # 256 bytes a molecule, not 2,048
+        bits = np.stack([self._fps[s] for s in smiles]) if smiles else np.zeros((0, self.n_bits // 8), np.uint8)
+        return np.unpackbits(bits, axis=1, count=self.n_bits).astype(np.float32)
+
+    @staticmethod
+    def _kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        inter = a @ b.T
+        union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+        return np.where(union > 0, inter / np.maximum(union, 1.0), 1.0)
+
+    def predict(self, train: Sequence[str], scores: np.ndarray, candidates: Sequence[str]):
+        """The GP's mean and sd at ``candidates`` (in the scores' units) given ``train``."""
+        y = np.asarray(scores, dtype=np.float64)
+        mean, sd = float(y.mean()), float(y.std()) or 1.0
+        x, xc = self._matrix(list(train)), self._matrix(list(candidates))
+        import torch  # its triangular solves: numpy's general solve took 5x as long
+
+        k = torch.from_numpy(self._kernel(x, x).astype(np.float64) + NOISE * np.eye(len(x)))
+        chol = torch.linalg.cholesky(k)
+        alpha = torch.cholesky_solve(torch.from_numpy((y - mean) / sd)[:, None], chol)
+        ks = torch.from_numpy(self._kernel(xc, x).astype(np.float64))
+        mu = (ks @ alpha)[:, 0].numpy()
+        v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
+        var = np.clip(1.0 - (v * v).sum(0).numpy(), 0.0, None)
+        return mean + sd * mu, sd * np.sqrt(var)
+
+    def rank(self, smiles: Sequence[str], scores: np.ndarray, candidates: Sequence[str],
+             rng: np.random.Generator) -> list[str]:
+        """``candidates`` best first by UCB, fitted on the scored ``smiles`` (the ledger)."""
+        s = np.asarray(scores, dtype=np.float64)
+        ok = np.flatnonzero(np.isfinite(s))
+        if len(ok) < MIN_TRAIN or len(candidates) < 2:
+            return list(candidates)
+        if len(ok) > MAX_TRAIN:
+            order = ok[np.argsort(-s[ok], kind="stable")]
+            top = int(MAX_TRAIN * TOP_SHARE)
+            ok = np.concatenate([order[:top], rng.choice(order[top:], MAX_TRAIN - top, replace=False)])
+        mu, sd = self.predict([smiles[i] for i in ok], s[ok], candidates)
+        ucb = mu + self.beta * sd
+        return [candidates[i] for i in np.argsort(-ucb, kind="stable")]

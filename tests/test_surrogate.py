@@ -1,0 +1,141 @@
+"""The Gaussian-process screen of graph children (``retrain:screen=N``)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from molvae import optimize, pmo
+from molvae.data import BUNDLED, read_smiles
+from molvae.errors import MolvaeError
+from molvae.optimize import surrogate
+from molvae.optimize.adapt import parse_adapt
+from molvae.optimize.surrogate import TanimotoGP
+
+
+@pytest.fixture(scope="module")
+def scored():
+    """400 bundled MOSES molecules and their celecoxib-rediscovery scores (Tanimoto to it)."""
+    smiles = read_smiles(BUNDLED["train"])[:400]
+    return smiles, np.array(pmo.oracle("celecoxib_rediscovery")(smiles))
+
+
+def test_the_gp_predicts_scores_of_molecules_it_has_not_seen(scored):
+    """Fitted on 300 molecules, its mean orders the other 100 as the oracle does, and the
+    20 it ranks first score well above the 20 it ranks last."""
+    smiles, y = scored
+    mu, sd = TanimotoGP().predict(smiles[:300], y[:300], smiles[300:])
+    assert spearmanr(mu, y[300:]).correlation > 0.7
+    assert np.all(sd > 0) and np.all(np.isfinite(mu))
+    ranked = TanimotoGP(beta=0.0).rank(smiles[:300], y[:300], smiles[300:], np.random.default_rng(0))
+    truth = dict(zip(smiles[300:], y[300:]))
+    first, last = [truth[s] for s in ranked[:20]], [truth[s] for s in ranked[-20:]]
+    assert np.mean(first) > np.mean(last) + 0.05
+    assert sorted(ranked) == sorted(smiles[300:])
+
+
+def test_the_gp_is_sure_at_what_it_has_scored_and_unsure_far_from_it(scored):
+    smiles, y = scored
+    mu, sd = TanimotoGP().predict(smiles[:100], y[:100], smiles[:5] + ["FC(F)(F)C(F)(F)C(F)(F)F"])
+    assert np.allclose(mu[:5], y[:5], atol=0.02)
+    assert sd[:5].max() < 0.5 * sd[5]
+
+
+def test_rank_keeps_the_order_without_enough_finite_scores(scored):
+    """Fewer than MIN_TRAIN finite scores (NaN and inf do not count): nothing to learn from."""
+    smiles, y = scored
+    bad = np.where(np.arange(40) < 30, np.nan, y[:40])
+    bad[:5] = np.inf
+    cands = smiles[100:120]
+    assert TanimotoGP().rank(smiles[:40], bad, cands, np.random.default_rng(0)) == cands
+    assert TanimotoGP().rank(smiles[:40], y[:40], [], np.random.default_rng(0)) == []
+
+
+def test_rank_survives_flat_scores_and_hostile_candidates(scored):
+    """All scores equal (no variance), a giant chain, an odd element: ranked, none lost."""
+    smiles, _ = scored
+    cands = ["C" * 2000, "[Se]1C=CC=C1", smiles[200], "[2H]C([2H])([2H])O"]
+    out = TanimotoGP().rank(smiles[:50], np.full(50, 0.3), cands, np.random.default_rng(0))
+    assert sorted(out) == sorted(cands)
+
+
+def test_rank_fits_on_the_best_and_a_draw_of_the_rest(scored, monkeypatch):
+    """Past MAX_TRAIN scored molecules the GP sees the best TOP_SHARE of them and a seeded
+    draw of the others, so a long run's batches cost what its early ones did."""
+    smiles, y = scored
+    monkeypatch.setattr(surrogate, "MAX_TRAIN", 40)
+    seen = []
+    gp = TanimotoGP()
+    real = gp.predict
+    monkeypatch.setattr(gp, "predict", lambda train, s, c: (seen.append((list(train), s)), real(train, s, c))[1])
+    gp.rank(smiles[:200], y[:200], smiles[300:310], np.random.default_rng(5))
+    train, s = seen[0]
+    assert len(train) == 40 and len(set(train)) == 40
+    best = [smiles[i] for i in np.argsort(-y[:200], kind="stable")[:30]]
+    assert train[:30] == best
+    gp.rank(smiles[:200], y[:200], smiles[300:310], np.random.default_rng(5))
+    assert seen[1][0] == train                       # seeded: a resumed run fits the same GP
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("retrain:screen=0", r"screen must be a whole number from 1 \(off\) to 64"),
+    ("retrain:screen=65", r"screen must be a whole number from 1 \(off\) to 64"),
+    ("retrain:screen=-3", r"screen must be a whole number from 1"),
+    ("retrain:screen=2.5", r"screen must be a whole number, got '2.5'"),
+    ("retrain:screen=1e308", r"screen must be a whole number"),
+])
+def test_bad_screen_settings_are_refused_by_name(spec, match):
+    with pytest.raises(MolvaeError, match=match):
+        parse_adapt(spec)
+
+
+def test_screened_children_are_the_gps_best_of_the_graph_made(tiny_model, monkeypatch):
+    """screen=4: the GA makes 4x ``graph`` children and the batch keeps the ``graph`` the GP
+    ranks first; screen=1 makes and keeps ``graph`` as before."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from molvae.optimize import policy as policy_mod
+    from molvae.optimize.ledger import MoleculeLog
+    from molvae.optimize.policy import PolicyProposer
+
+    class Inner:
+        def propose(self, n, stats):
+            return [None] * n, list(range(n)), np.zeros((n, 4))
+
+    smiles = read_smiles(BUNDLED["train"])[:60]
+    mlog = MoleculeLog(None, ["oracle_call", "trial", "smiles", "score"], ["score"])
+    mlog.rows = [[i + 1, i, s, v] for i, (s, v) in enumerate(zip(smiles, pmo.oracle("qed")(smiles)))]
+    mlog.scores = [r[3] for r in mlog.rows]
+    mlog.index = {s: i for i, s in enumerate(smiles)}
+    monkeypatch.setattr(MoleculeLog, "__len__", lambda self: len(self.rows))
+    asked = []
+    real = policy_mod.offspring
+    monkeypatch.setattr(policy_mod, "offspring", lambda top, n, *a, **k: (asked.append(n), real(top, n, *a, **k))[1])
+    stats = SimpleNamespace(time=defaultdict(float))
+    kids = {}
+    for screen in (1, 4):
+        gp = TanimotoGP()
+        p = PolicyProposer(Inner(), tiny_model, mlog, policy=0, pool=16, temperature=1.0, seed=1, round_=1,
+                           codes={}, graph=8, screen=screen, surrogate=gp)
+        p.propose(2, stats)
+        kids[screen] = p._children
+        if screen == 4:
+            made = real(p._top(), 32, np.random.default_rng([1, 1, 60, 2]), known=mlog.index, accept=p._fits,
+                        weights=p._weights(16), mutation=p.mutation, ring=p.ring_crossover)
+            want = gp.rank(smiles, mlog.scores, made, np.random.default_rng([1, 1, 60, 3]))[:8]
+            assert kids[4] == want
+    assert asked == [8, 32] and len(kids[1]) == len(kids[4]) == 8
+
+
+def test_a_screened_run_scores_each_molecule_once_and_records_the_setting(tiny_model, tmp_path):
+    spec = "retrain:policy=4/graph=8/pool=8/radius=8.0/molecules=16/screen=4"
+    out = tmp_path / "run"
+    df = optimize(tiny_model, "qed", budget=64, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                  out_dir=out, progress=False)
+    assert json.loads((out / "run.json").read_text())["adapt"]["screen"] == 4
+    table = pd.read_csv(out / "molecules.csv")
+    assert list(table["oracle_call"]) == list(range(1, 65)) and table["smiles"].is_unique
+    assert (table["trial"] == -2).sum() > 0 and len(df) == 64
