@@ -123,10 +123,12 @@ def test_screened_children_are_the_gps_best_of_the_graph_made(tiny_model, monkey
         p.propose(2, stats)
         kids[screen] = p._children
         if screen == 4:
-            made = real(p._top(), 32, np.random.default_rng([1, 1, 60, 2]), known=mlog.index, accept=p._fits,
+            made = real(p._top(), 32, np.random.default_rng([1, 1, 60, 2]), known=mlog.index,
                         weights=p._weights(16), mutation=p.mutation, ring=p.ring_crossover)
-            want = gp.rank(smiles, mlog.scores, made, np.random.default_rng([1, 1, 60, 3]))[:8]
-            assert kids[4] == want
+            ranked = gp.rank(smiles, mlog.scores, made, np.random.default_rng([1, 1, 60, 3]))
+            assert kids[4] == [s for s in ranked if p._fits(s)][:8]
+            ucb = dict(zip(made, np.add(*gp.predict(smiles, mlog.scores, made))))
+            assert np.mean([ucb[s] for s in kids[4]]) > np.mean(list(ucb.values()))
     assert asked == [8, 32] and len(kids[1]) == len(kids[4]) == 8
 
 

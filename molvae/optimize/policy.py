@@ -156,16 +156,24 @@ class PolicyProposer:
         if self.graph and top:
             # Its own stream, so runs without graph children draw exactly as before.
             grng = np.random.default_rng([self.seed, self.round, len(self.mlog), 2])
-            screened = self.screen > 1 and self.surrogate is not None
-            self._children = offspring(top, self.graph * (self.screen if screened else 1), grng,
-                                       known=self.mlog.index, accept=self._fits,
-                                       weights=self._weights(len(top)), mutation=self.mutation,
-                                       ring=self.ring_crossover)
-            if screened:
+            if self.screen > 1 and self.surrogate is not None:
+                # Screened before the vocabulary check: SELFIES-encoding a child costs more
+                # than making it, and only the ``graph`` kept need it.
+                made = offspring(top, self.graph * self.screen, grng, known=self.mlog.index,
+                                 weights=self._weights(len(top)), mutation=self.mutation,
+                                 ring=self.ring_crossover)
                 col = self.mlog.columns.index("smiles")
                 srng = np.random.default_rng([self.seed, self.round, len(self.mlog), 3])
-                self._children = self.surrogate.rank([r[col] for r in self.mlog.rows], self.mlog.scores,
-                                                     self._children, srng)[:self.graph]
+                ranked = self.surrogate.rank([r[col] for r in self.mlog.rows], self.mlog.scores, made, srng)
+                for s in ranked:
+                    if len(self._children) >= self.graph:
+                        break
+                    if self._fits(s):
+                        self._children.append(s)
+            else:
+                self._children = offspring(top, self.graph, grng, known=self.mlog.index, accept=self._fits,
+                                           weights=self._weights(len(top)), mutation=self.mutation,
+                                           ring=self.ring_crossover)
         stats.time["sampler"] += time.perf_counter() - t
         extra = [POLICY_TRIAL] * (self.policy if parents is not None else 0) \
             + [GRAPH_TRIAL] * len(self._children)
