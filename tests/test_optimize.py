@@ -675,7 +675,7 @@ def test_bench_resume_reuses_adaptive_runs_recorded_before_a_setting_was_added(f
 
     assert AdaptConfig().policy != ADDED_SETTINGS["policy"]  # the default changed since
     out = tmp_path / "bench.md"
-    before = "cmaes+retrain:policy=0/policy_from_start=true/graph=0/graph_from_start=false/parent_k=0"
+    before = "cmaes+retrain:policy=0/policy_from_start=true/graph=0/graph_from_start=false/parent_k=0/screen=1"
     kw = dict(tasks=["qed"], samplers=[before, "cmaes+retrain"], seeds=1, budgets=[24], batch_size=8,
               out=out, progress=False)
     benchmark.benchmark_optimize(fake, **kw)
