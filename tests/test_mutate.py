@@ -6,7 +6,7 @@ import pytest
 from rdkit import Chem
 
 from molvae import chem
-from molvae.optimize.mutate import MAX_RING, crossover, mutate, offspring, ring_crossover
+from molvae.optimize.mutate import MAX_RING, crossover, cuttable, mutate, offspring, ring_crossover
 
 CELECOXIB = "Cc1ccc(-c2cc(C(F)(F)F)nn2-c2ccc(S(N)(=O)=O)cc2)cc1"
 PARENTS = [CELECOXIB, "CC(=O)Nc1ccc(O)cc1", "CN1CCC[C@H]1c1cccnc1", "O=C(O)c1ccccc1OC(=O)C",
@@ -40,6 +40,16 @@ def test_crossover_joins_one_part_of_each_parent():
 def _ring_sizes(smiles: str) -> list[int]:
     mol = Chem.MolFromSmiles(smiles)  # kept alive: RDKit frees the ring info with the molecule
     return sorted(len(r) for r in mol.GetRingInfo().AtomRings())
+
+
+def test_crossover_with_the_parents_cuts_given_is_the_same_crossover():
+    # offspring() hands each parent's cuttable bonds over once per parent, not once per child.
+    a, b = Chem.MolFromSmiles(CELECOXIB), Chem.MolFromSmiles(PARENTS[5])
+    assert cuttable(a) and all(not a.GetBondWithIdx(i).IsInRing() for i in cuttable(a))
+    for seed in range(20):
+        plain = crossover(a, b, np.random.default_rng(seed))
+        given = crossover(a, b, np.random.default_rng(seed), (cuttable(a), cuttable(b)))
+        assert (plain is None and given is None) or Chem.MolToSmiles(plain) == Chem.MolToSmiles(given)
 
 
 def test_ring_crossover_builds_a_ring_of_parts_of_both_parents():

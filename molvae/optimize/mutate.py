@@ -23,6 +23,7 @@ caller's numpy generator, so a seeded run proposes the same children again.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Callable, Container, Sequence
 
 import numpy as np
@@ -39,10 +40,13 @@ MAX_PARENT_ATOMS = 150
 SINGLE, DOUBLE = Chem.BondType.SINGLE, Chem.BondType.DOUBLE
 
 
-def crossover(a: Chem.Mol, b: Chem.Mol, rng: np.random.Generator) -> Chem.Mol | None:
+def crossover(a: Chem.Mol, b: Chem.Mol, rng: np.random.Generator,
+              cuts: tuple[Sequence[int], Sequence[int]] | None = None) -> Chem.Mol | None:
     """One part of ``a`` joined to one part of ``b`` by a single bond, each cut at a random
-    acyclic single bond; ``None`` when either has no such bond or the join is not a molecule."""
-    pa, pb = _cut(a, rng), _cut(b, rng)
+    acyclic single bond; ``None`` when either has no such bond or the join is not a molecule.
+    ``cuts``: the two parents' :func:`cuttable` bonds, when the caller has them already."""
+    ca, cb = cuts if cuts is not None else (None, None)
+    pa, pb = _cut(a, rng, ca), _cut(b, rng, cb)
     if pa is None or pb is None:
         return None
     m = Chem.RWMol(Chem.CombineMols(pa, pb))
@@ -144,12 +148,18 @@ def _cut_ring(mol: Chem.Mol, rng: np.random.Generator, tries: int = 4) -> Chem.M
     return None
 
 
-def _cut(mol: Chem.Mol, rng: np.random.Generator) -> Chem.Mol | None:
-    """One of the two parts of ``mol`` cut at a random acyclic single bond, the cut end
-    marked by a dummy atom."""
-    bonds = [bd.GetIdx() for bd in mol.GetBonds()
-             if not bd.IsInRing() and bd.GetBondType() == SINGLE
-             and bd.GetBeginAtom().GetAtomicNum() > 1 and bd.GetEndAtom().GetAtomicNum() > 1]
+def cuttable(mol: Chem.Mol) -> tuple[int, ...]:
+    """Indices of the bonds :func:`crossover` may cut: acyclic single bonds between heavy atoms."""
+    return tuple(bd.GetIdx() for bd in mol.GetBonds()
+                 if not bd.IsInRing() and bd.GetBondType() == SINGLE
+                 and bd.GetBeginAtom().GetAtomicNum() > 1 and bd.GetEndAtom().GetAtomicNum() > 1)
+
+
+def _cut(mol: Chem.Mol, rng: np.random.Generator, bonds: Sequence[int] | None = None) -> Chem.Mol | None:
+    """One of the two parts of ``mol`` cut at a random acyclic single bond (one of ``bonds``,
+    its :func:`cuttable` bonds), the cut end marked by a dummy atom."""
+    if bonds is None:
+        bonds = cuttable(mol)
     if not bonds:
         return None
     frag = Chem.FragmentOnBonds(mol, [bonds[int(rng.integers(len(bonds)))]], addDummies=True)
@@ -314,6 +324,17 @@ def _finish(m: Chem.RWMol) -> Chem.Mol | None:
     return mol
 
 
+@lru_cache(maxsize=4096)
+def _parent(smiles: str) -> tuple[Chem.Mol, tuple[int, ...]] | None:
+    """A parent's molecule and its :func:`cuttable` bonds, or ``None`` when it cannot be one.
+    Cached: a search draws on the same best molecules batch after batch, and no operator
+    edits a parent in place (each works on a copy or a fragment)."""
+    m = chem.to_mol(smiles)
+    if m is None or not 0 < m.GetNumAtoms() <= MAX_PARENT_ATOMS:
+        return None
+    return m, cuttable(m)
+
+
 def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: Container[str] = (),
               accept: Callable[[str], bool] | None = None, mutation: float = 0.5,
               tries_per_child: int = 10, weights: Sequence[float] | None = None,
@@ -332,9 +353,9 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
     if weights is not None and len(weights) != len(parents):
         raise ValueError(f"{len(weights)} weights for {len(parents)} parents")
     ws = [1.0] * len(parents) if weights is None else [float(w) for w in weights]
-    pairs = [(m, w) for m, w in zip((chem.to_mol(s) for s in parents), ws)
-             if m is not None and 0 < m.GetNumAtoms() <= MAX_PARENT_ATOMS]
-    mols = [m for m, _ in pairs]
+    pairs = [(par, w) for par, w in zip((_parent(s) if isinstance(s, str) else None for s in parents), ws) if par is not None]
+    mols = [par[0] for par, _ in pairs]
+    cuts = {id(m): par[1] for m, (par, _) in zip(mols, pairs)}
     if not mols:
         return []
     p = None
@@ -361,7 +382,9 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
         if len(mols) > 1:
             # Drawn only when asked for, so runs without ring crossover make the same children.
             join = ring_crossover if ring > 0 and rng.random() < ring else crossover
-            child = join(a, pick(), rng)
+            b = pick()
+            child = crossover(a, b, rng, (cuts[id(a)], cuts[id(b)])) if join is crossover \
+                else join(a, b, rng)
         if child is None or rng.random() < mutation:
             child = mutate(child if child is not None else a, rng)
         if child is None or child.GetNumHeavyAtoms() < smallest:
