@@ -68,8 +68,8 @@ def test_rank_fits_on_the_best_and_a_draw_of_the_rest(scored, monkeypatch):
     monkeypatch.setattr(surrogate, "MAX_TRAIN", 40)
     seen = []
     gp = TanimotoGP()
-    real = gp.predict
-    monkeypatch.setattr(gp, "predict", lambda train, s, c: (seen.append((list(train), s)), real(train, s, c))[1])
+    real = gp.fit
+    monkeypatch.setattr(gp, "fit", lambda train, s: (seen.append((list(train), s)), real(train, s))[1])
     gp.rank(smiles[:200], y[:200], smiles[300:310], np.random.default_rng(5))
     train, s = seen[0]
     assert len(train) == 40 and len(set(train)) == 40
@@ -85,6 +85,9 @@ def test_rank_fits_on_the_best_and_a_draw_of_the_rest(scored, monkeypatch):
     ("retrain:screen=-3", r"screen must be a whole number from 1"),
     ("retrain:screen=2.5", r"screen must be a whole number, got '2.5'"),
     ("retrain:screen=1e308", r"screen must be a whole number"),
+    ("retrain:policy_screen=0", r"policy_screen must be a whole number from 1 \(off\) to 64"),
+    ("retrain:policy_screen=1000000", r"policy_screen must be a whole number from 1 \(off\) to 64"),
+    ("retrain:policy_screen=nan", r"policy_screen must be a whole number"),
 ])
 def test_bad_screen_settings_are_refused_by_name(spec, match):
     with pytest.raises(MolvaeError, match=match):
@@ -132,12 +135,63 @@ def test_screened_children_are_the_gps_best_of_the_graph_made(tiny_model, monkey
     assert asked == [8, 32] and len(kids[1]) == len(kids[4]) == 8
 
 
-def test_a_screened_run_scores_each_molecule_once_and_records_the_setting(tiny_model, tmp_path):
-    spec = "retrain:policy=4/graph=8/pool=8/radius=8.0/molecules=16/screen=4"
+def test_screened_samples_are_new_and_the_gps_best_of_the_decoded(tiny_model, monkeypatch):
+    """policy_screen=4: each batch decodes 4x ``policy`` samples and keeps the ``policy`` new
+    ones (not in the ledger, not the sampler's own decodes) that the GP ranks first."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from molvae.optimize import policy as policy_mod
+    from molvae.optimize.ledger import MoleculeLog
+    from molvae.optimize.policy import PolicyProposer
+
+    class Inner:
+        def propose(self, n, stats):
+            return [None] * n, list(range(n)), np.zeros((n, tiny_model.latent_dim))
+
+    smiles = read_smiles(BUNDLED["train"])[:60]
+    mlog = MoleculeLog(None, ["oracle_call", "trial", "smiles", "score"], ["score"])
+    mlog.rows = [[i + 1, i, s, v] for i, (s, v) in enumerate(zip(smiles, pmo.oracle("qed")(smiles)))]
+    mlog.scores = [r[3] for r in mlog.rows]
+    mlog.index = {s: i for i, s in enumerate(smiles)}
+    monkeypatch.setattr(MoleculeLog, "__len__", lambda self: len(self.rows))
+    decoded = []
+    real = policy_mod._decode
+    monkeypatch.setattr(policy_mod, "_decode", lambda *a, **k: (decoded.append(real(*a, **k)), decoded[-1])[1])
+    # The sampled decodes as a trained model would give them: some of the ledger's own
+    # molecules back, a repeat within the batch, some new ones, an invalid one.
+    fake = smiles[:3] + [smiles[0], None] + read_smiles(BUNDLED["train"])[100:111]
+    stats = SimpleNamespace(time=defaultdict(float))
+    for k in (1, 4):
+        gp = TanimotoGP()
+        p = PolicyProposer(Inner(), tiny_model, mlog, policy=4, pool=16, temperature=1.0, seed=1, round_=1,
+                           codes={}, graph=0, surrogate=gp if k > 1 else None, policy_screen=k)
+        trials, numbers, z = p.propose(2, stats)
+        assert len(numbers) == len(trials) == 2 + 4 and len(z) == 2 + 4 * k
+        if k == 1:
+            assert len(p.decode(tiny_model, z)) == 6
+            continue
+        monkeypatch.setattr(policy_mod, "_decode", lambda model, z, **kw: ["CCO", "CCN"] + fake)
+        out = p.decode(tiny_model, z)
+        assert out[:2] == ["CCO", "CCN"] and len(out) == 6
+        new = list(dict.fromkeys(s for s in fake if s is not None and s not in mlog.index))
+        ranked = gp.rank(smiles, mlog.scores, new, np.random.default_rng([1, 1, 60, 3]))
+        assert out[2:] == ranked[:4] and not set(out[2:]) & set(mlog.index)
+        ucb = dict(zip(new, np.add(*gp.predict(smiles, mlog.scores, new))))
+        assert np.mean([ucb[s] for s in out[2:]]) >= np.mean(list(ucb.values()))
+        # Too few new ones: the batch keeps its shape with the others, counted as repeats.
+        monkeypatch.setattr(policy_mod, "_decode", lambda model, z, **kw: ["CCO", "CCN"] + smiles[:15] + ["c1ccccc1"])
+        assert p.decode(tiny_model, z)[2:] == ["c1ccccc1"] + smiles[:3]
+
+
+@pytest.mark.parametrize("screens", ["screen=4", "screen=4/policy_screen=4"])
+def test_a_screened_run_scores_each_molecule_once_and_records_the_setting(tiny_model, tmp_path, screens):
+    spec = "retrain:policy=4/graph=8/pool=8/radius=8.0/molecules=16/" + screens
     out = tmp_path / "run"
     df = optimize(tiny_model, "qed", budget=64, batch_size=4, seed=3, adapt=spec, adapt_every=16,
                   out_dir=out, progress=False)
-    assert json.loads((out / "run.json").read_text())["adapt"]["screen"] == 4
+    recorded = json.loads((out / "run.json").read_text())["adapt"]
+    assert recorded["screen"] == 4 and recorded["policy_screen"] == (4 if "policy" in screens else 1)
     table = pd.read_csv(out / "molecules.csv")
     assert list(table["oracle_call"]) == list(range(1, 65)) and table["smiles"].is_unique
     assert (table["trial"] == -2).sum() > 0 and len(df) == 64

@@ -158,7 +158,8 @@ STATE_VERSION = 1
 ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_start": True,
                   "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
                   "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5,
-                  "ring_crossover": 0.0, "niche": 0, "jitter": 0.0, "screen": 1}
+                  "ring_crossover": 0.0, "niche": 0, "jitter": 0.0, "screen": 1,
+                  "policy_screen": 1}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -260,6 +261,11 @@ class AdaptConfig:
     # 4: +0.51 a seed on the 19 PMO tasks without valsartan, seeds 0-2 (13.46 / 13.80 / 13.59
     # against 13.24 / 13.06 / 13.02, paired t 3.34), at about 1.7x the wall time (docs/benchmarks.md).
     screen: int = 4
+    # The same screen for the policy's samples: s > 1 decodes s times ``policy`` samples a
+    # batch and keeps the ``policy`` new ones the GP ranks highest (the one fitted for the
+    # graph children). Sampling at a good molecule's code gives it back unchanged about half
+    # the time, so the kept ones are also new ones. 1: every sample kept, as before.
+    policy_screen: int = 1
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -277,6 +283,10 @@ class AdaptConfig:
             raise MolvaeError(f"adapt graph must be a whole number from 0 to {MAX_BATCH_SIZE:,}, got {self.graph!r}")
         if isinstance(self.screen, bool) or not isinstance(self.screen, int) or not 1 <= self.screen <= MAX_SCREEN:
             raise MolvaeError(f"adapt screen must be a whole number from 1 (off) to {MAX_SCREEN}, got {self.screen!r}")
+        if isinstance(self.policy_screen, bool) or not isinstance(self.policy_screen, int) \
+                or not 1 <= self.policy_screen <= MAX_SCREEN:
+            raise MolvaeError(f"adapt policy_screen must be a whole number from 1 (off) to {MAX_SCREEN}, "
+                              f"got {self.policy_screen!r}")
         if isinstance(self.niche, bool) or not isinstance(self.niche, int) or not 0 <= self.niche <= MAX_MOLECULES:
             raise MolvaeError(f"adapt niche must be a whole number from 0 (off) to {MAX_MOLECULES:,}, got {self.niche!r}")
         if isinstance(self.pool, bool) or not isinstance(self.pool, int) or not 1 <= self.pool <= MAX_MOLECULES:
@@ -547,7 +557,8 @@ class Adapter:
         return PolicyProposer(inner, self.model, mlog, policy, c.pool, c.temperature, self.seed,
                               self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k,
                               c.mutation, c.ring_crossover, c.niche, self._frameworks, c.jitter,
-                              c.screen, self._surrogate if c.screen > 1 else None)
+                              c.screen, self._surrogate if c.screen > 1 or c.policy_screen > 1 else None,
+                              c.policy_screen)
 
     # ---------------------------------------------------------------- files
 

@@ -22,7 +22,9 @@ With ``graph`` > 0 each batch also holds that many children of the pool made by 
 crossover and mutation (:mod:`molvae.optimize.mutate`), new to the ledger and within the
 model's vocabulary and length; the ledger records them with trial -2 (:data:`GRAPH_TRIAL`).
 With ``screen`` > 1 it makes that many times more children and keeps the ones a Gaussian
-process fitted on the ledger ranks highest (:mod:`molvae.optimize.surrogate`).
+process fitted on the ledger ranks highest (:mod:`molvae.optimize.surrogate`). With
+``policy_screen`` > 1 the policy's samples are screened by the same GP: that many times
+``policy`` are decoded and the new ones it ranks highest are kept.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class PolicyProposer:
                  graph: int = 0, encoded: dict[str, list[int] | None] | None = None,
                  parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0,
                  niche: int = 0, frameworks: dict[str, str] | None = None, jitter: float = 0.0,
-                 screen: int = 1, surrogate: TanimotoGP | None = None):
+                 screen: int = 1, surrogate: TanimotoGP | None = None, policy_screen: int = 1):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -91,6 +93,9 @@ class PolicyProposer:
         self.jitter = jitter          # sd of the noise on the parents' codes (0: their means)
         self.screen = screen          # graph children made per child kept (1: all kept)
         self.surrogate = surrogate    # ranks them when screen > 1 (molvae.optimize.surrogate)
+        self.policy_screen = policy_screen  # policy samples decoded per sample kept (1: all kept)
+        self._fit = None              # the current batch's GP, fitted once for both screens
+        self._sampled = 0             # policy rows decoded in the current batch
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -153,6 +158,8 @@ class PolicyProposer:
         top = self._top()
         parents = self._parents(top) if top and self.policy else None
         self._children = []
+        self._fit = None
+        self._sampled = 0
         if self.graph and top:
             # Its own stream, so runs without graph children draw exactly as before.
             grng = np.random.default_rng([self.seed, self.round, len(self.mlog), 2])
@@ -162,9 +169,7 @@ class PolicyProposer:
                 made = offspring(top, self.graph * self.screen, grng, known=self.mlog.index,
                                  weights=self._weights(len(top)), mutation=self.mutation,
                                  ring=self.ring_crossover)
-                col = self.mlog.columns.index("smiles")
-                srng = np.random.default_rng([self.seed, self.round, len(self.mlog), 3])
-                ranked = self.surrogate.rank([r[col] for r in self.mlog.rows], self.mlog.scores, made, srng)
+                ranked = made if len(made) < 2 or self._fitted() is None else self._fit.rank(made)
                 for s in ranked:
                     if len(self._children) >= self.graph:
                         break
@@ -183,14 +188,15 @@ class PolicyProposer:
                 np.concatenate([np.asarray(z, dtype=np.float64), zc])
         rng = np.random.default_rng([self.seed, self.round, len(self.mlog)])
         w = self._weights(len(parents))
-        zp = parents[rng.integers(len(parents), size=self.policy) if w is None
-                     else rng.choice(len(parents), size=self.policy, p=w)]
+        self._sampled = self.policy * (self.policy_screen if self.surrogate is not None else 1)
+        zp = parents[rng.integers(len(parents), size=self._sampled) if w is None
+                     else rng.choice(len(parents), size=self._sampled, p=w)]
         self._decode_seed = int(rng.integers(2**31 - 1))
         if self.crossover > 0 and len(parents) > 1:
             # Drawn after the decode seed, so runs without crossover draw exactly as before.
-            cross = rng.random(self.policy) < self.crossover
-            mates = parents[rng.integers(len(parents), size=self.policy)]
-            u = rng.random((self.policy, 1))
+            cross = rng.random(self._sampled) < self.crossover
+            mates = parents[rng.integers(len(parents), size=self._sampled)]
+            u = rng.random((self._sampled, 1))
             zp = np.where(cross[:, None], zp + u * (mates - zp), zp)
         if self.jitter > 0:
             # Drawn last, so runs without jitter draw exactly as before.
@@ -209,7 +215,33 @@ class PolicyProposer:
         else:
             greedy = np.arange(len(z)) < self._n
             smiles = _decode(model, z, temperature=self.temperature, seed=self._decode_seed, greedy=greedy)
+            if self._sampled > self.policy:
+                smiles = smiles[:self._n] + self._screen_samples(smiles[:self._n], smiles[self._n:])
         return list(smiles) + list(self._children)
+
+    def _fitted(self):
+        """The batch's GP on the ledger (None: too few scores), fitted on first use."""
+        if self._fit is None:
+            col = self.mlog.columns.index("smiles")
+            srng = np.random.default_rng([self.seed, self.round, len(self.mlog), 3])
+            self._fit = self.surrogate.fit_ledger([r[col] for r in self.mlog.rows], self.mlog.scores, srng) \
+                or False
+        return self._fit or None
+
+    def _screen_samples(self, latent: list, sampled: list) -> list:
+        """``policy`` of the ``sampled`` decodes: the new ones (not in the ledger, the batch
+        or the graph children) the GP ranks highest, then, should too few be new, the others
+        in their order, which the loop counts as repeats or invalid as before."""
+        taken = set(self._children) | {s for s in latent if s is not None}
+        new: list[str] = []
+        for s in sampled:
+            if s is not None and s not in taken and s not in self.mlog.index:
+                taken.add(s)
+                new.append(s)
+        fitted = self._fitted() if len(new) > self.policy else None
+        keep = (fitted.rank(new) if fitted is not None else new)[:self.policy]
+        chosen = set(keep)
+        return keep + [s for s in sampled if s not in chosen][:self.policy - len(keep)]
 
     def tell(self, trials, values, smiles, stats: _Stats) -> None:
         n = self._n

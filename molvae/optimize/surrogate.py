@@ -50,33 +50,67 @@ class TanimotoGP:
         union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
         return np.where(union > 0, inter / np.maximum(union, 1.0), 1.0)
 
-    def predict(self, train: Sequence[str], scores: np.ndarray, candidates: Sequence[str]):
-        """The GP's mean and sd at ``candidates`` (in the scores' units) given ``train``."""
+    def fit(self, train: Sequence[str], scores: np.ndarray) -> "_Fit":
+        """The GP conditioned on the scored molecules ``train`` (its Cholesky factor), to
+        predict at any number of candidate sets."""
         y = np.asarray(scores, dtype=np.float64)
         mean, sd = float(y.mean()), float(y.std()) or 1.0
-        x, xc = self._matrix(list(train)), self._matrix(list(candidates))
+        x = self._matrix(list(train))
         import torch  # its triangular solves: numpy's general solve took 5x as long
 
         k = torch.from_numpy(self._kernel(x, x).astype(np.float64) + NOISE * np.eye(len(x)))
         chol = torch.linalg.cholesky(k)
         alpha = torch.cholesky_solve(torch.from_numpy((y - mean) / sd)[:, None], chol)
-        ks = torch.from_numpy(self._kernel(xc, x).astype(np.float64))
-        mu = (ks @ alpha)[:, 0].numpy()
-        v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
-        var = np.clip(1.0 - (v * v).sum(0).numpy(), 0.0, None)
-        return mean + sd * mu, sd * np.sqrt(var)
+        return _Fit(self, x, chol, alpha, mean, sd)
 
-    def rank(self, smiles: Sequence[str], scores: np.ndarray, candidates: Sequence[str],
-             rng: np.random.Generator) -> list[str]:
-        """``candidates`` best first by UCB, fitted on the scored ``smiles`` (the ledger)."""
+    def predict(self, train: Sequence[str], scores: np.ndarray, candidates: Sequence[str]):
+        """The GP's mean and sd at ``candidates`` (in the scores' units) given ``train``."""
+        return self.fit(train, scores).predict(candidates)
+
+    def fit_ledger(self, smiles: Sequence[str], scores: np.ndarray, rng: np.random.Generator) -> "_Fit | None":
+        """The GP on at most :data:`MAX_TRAIN` of the scored ``smiles`` (the ledger): the best
+        :data:`TOP_SHARE` of them and a draw from ``rng`` of the rest; ``None`` with fewer than
+        :data:`MIN_TRAIN` finite scores."""
         s = np.asarray(scores, dtype=np.float64)
         ok = np.flatnonzero(np.isfinite(s))
-        if len(ok) < MIN_TRAIN or len(candidates) < 2:
-            return list(candidates)
+        if len(ok) < MIN_TRAIN:
+            return None
         if len(ok) > MAX_TRAIN:
             order = ok[np.argsort(-s[ok], kind="stable")]
             top = int(MAX_TRAIN * TOP_SHARE)
             ok = np.concatenate([order[:top], rng.choice(order[top:], MAX_TRAIN - top, replace=False)])
-        mu, sd = self.predict([smiles[i] for i in ok], s[ok], candidates)
-        ucb = mu + self.beta * sd
+        return self.fit([smiles[i] for i in ok], s[ok])
+
+    def rank(self, smiles: Sequence[str], scores: np.ndarray, candidates: Sequence[str],
+             rng: np.random.Generator) -> list[str]:
+        """``candidates`` best first by UCB, fitted on the scored ``smiles`` (the ledger)."""
+        if len(candidates) < 2:
+            return list(candidates)
+        fitted = self.fit_ledger(smiles, scores, rng)
+        return list(candidates) if fitted is None else fitted.rank(candidates)
+
+
+class _Fit:
+    """A fitted :class:`TanimotoGP`: :meth:`predict` and :meth:`rank` candidates."""
+
+    def __init__(self, gp: TanimotoGP, x: np.ndarray, chol, alpha, mean: float, sd: float):
+        self.gp, self.x, self.chol, self.alpha, self.mean, self.sd = gp, x, chol, alpha, mean, sd
+
+    def predict(self, candidates: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The mean and sd at ``candidates``, in the scores' units."""
+        import torch
+
+        xc = self.gp._matrix(list(candidates))
+        ks = torch.from_numpy(self.gp._kernel(xc, self.x).astype(np.float64))
+        mu = (ks @ self.alpha)[:, 0].numpy()
+        v = torch.linalg.solve_triangular(self.chol, ks.T, upper=False)
+        var = np.clip(1.0 - (v * v).sum(0).numpy(), 0.0, None)
+        return self.mean + self.sd * mu, self.sd * np.sqrt(var)
+
+    def rank(self, candidates: Sequence[str]) -> list[str]:
+        """``candidates`` best first by the upper confidence bound ``mean + beta * sd``."""
+        if len(candidates) < 2:
+            return list(candidates)
+        mu, sd = self.predict(candidates)
+        ucb = mu + self.gp.beta * sd
         return [candidates[i] for i in np.argsort(-ucb, kind="stable")]
