@@ -6,7 +6,7 @@ import pytest
 from rdkit import Chem
 
 from molvae import chem
-from molvae.optimize.mutate import MAX_RING, crossover, cuttable, mutate, offspring, ring_crossover
+from molvae.optimize.mutate import MAX_RING, _Cuts, _drawer, crossover, cuttable, mutate, offspring, ring_crossover
 
 CELECOXIB = "Cc1ccc(-c2cc(C(F)(F)F)nn2-c2ccc(S(N)(=O)=O)cc2)cc1"
 PARENTS = [CELECOXIB, "CC(=O)Nc1ccc(O)cc1", "CN1CCC[C@H]1c1cccnc1", "O=C(O)c1ccccc1OC(=O)C",
@@ -50,6 +50,35 @@ def test_crossover_with_the_parents_cuts_given_is_the_same_crossover():
         plain = crossover(a, b, np.random.default_rng(seed))
         given = crossover(a, b, np.random.default_rng(seed), (cuttable(a), cuttable(b)))
         assert (plain is None and given is None) or Chem.MolToSmiles(plain) == Chem.MolToSmiles(given)
+
+
+def test_crossover_with_the_cut_parts_kept_is_the_same_crossover():
+    # offspring() keeps each parent's cut parts between children (mutate._Cuts): a parent cut
+    # again at a bond it was cut at before joins the same parts.
+    a, b = Chem.MolFromSmiles(CELECOXIB), Chem.MolFromSmiles(PARENTS[5])
+    kept = (_Cuts(cuttable(a)), _Cuts(cuttable(b)))
+    for rounds in range(2):  # the second round finds every part already cut
+        for seed in range(30):
+            plain = crossover(a, b, np.random.default_rng(seed))
+            given = crossover(a, b, np.random.default_rng(seed), kept)
+            assert (plain is None and given is None) or Chem.MolToSmiles(plain) == Chem.MolToSmiles(given)
+    assert kept[0].parts and kept[1].parts
+    assert Chem.MolToSmiles(a) == Chem.CanonSmiles(CELECOXIB)  # the parents are not edited
+
+
+def test_a_weighted_draw_is_rngs_choice():
+    p = np.array([0.5, 0.2, 0.2, 0.1, 0.0])
+    draw, rng = _drawer(p, np.random.default_rng(3)), np.random.default_rng(3)
+    assert [draw() for _ in range(500)] == [int(rng.choice(len(p), p=p)) for _ in range(500)]
+
+
+def test_offspring_hands_over_each_childs_molecule_as_rdkit_reads_it():
+    read = {}
+    kids = offspring(PARENTS, 24, np.random.default_rng(0), read=read)
+    assert kids and sorted(read) == sorted(kids)
+    for s in kids:
+        assert Chem.MolToSmiles(read[s]) == s
+        assert chem.morgan_fp(read[s]).ToBitString() == chem.morgan_fp(s).ToBitString()
 
 
 def test_ring_crossover_builds_a_ring_of_parts_of_both_parents():

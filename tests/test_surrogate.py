@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from rdkit import DataStructs
 from scipy.stats import spearmanr
 
-from molvae import optimize, pmo
+from molvae import chem, optimize, pmo
 from molvae.data import BUNDLED, read_smiles
 from molvae.errors import MolvaeError
 from molvae.optimize import surrogate
@@ -41,6 +43,26 @@ def test_the_gp_is_sure_at_what_it_has_scored_and_unsure_far_from_it(scored):
     mu, sd = TanimotoGP().predict(smiles[:100], y[:100], smiles[:5] + ["FC(F)(F)C(F)(F)C(F)(F)F"])
     assert np.allclose(mu[:5], y[:5], atol=0.02)
     assert sd[:5].max() < 0.5 * sd[5]
+
+
+def test_the_kernel_is_rdkits_tanimoto_in_either_product(scored, monkeypatch):
+    """The int8 product of the bits (where torch has one) and the float32 one give exactly
+    the Tanimoto similarities RDKit computes, an empty fingerprint's with itself 1."""
+    smiles, _ = scored
+    mols = smiles[:60] + ["[H][H]"]   # no heavy atom: no Morgan bits
+    gp = TanimotoGP()
+    x = gp._matrix(mols)
+    fast = gp._kernel(x, x[:25])
+    fps = [chem.morgan_fp(s) for s in mols]
+    truth = np.array([DataStructs.BulkTanimotoSimilarity(f, fps[:25]) for f in fps[:-1]])
+    assert fast.dtype == np.float32 and np.allclose(fast[:-1], truth, atol=1e-6)
+    assert fast[-1, :].max() == 0.0 and gp._kernel(x[-1:], x[-1:])[0, 0] == 1.0
+
+    def no_int_mm(*args):
+        raise RuntimeError("no int8 matmul")
+
+    monkeypatch.setattr(torch, "_int_mm", no_int_mm, raising=False)
+    assert np.array_equal(gp._kernel(x, x[:25]), fast)
 
 
 def test_rank_keeps_the_order_without_enough_finite_scores(scored):

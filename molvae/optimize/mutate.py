@@ -46,11 +46,12 @@ def crossover(a: Chem.Mol, b: Chem.Mol, rng: np.random.Generator,
     acyclic single bond; ``None`` when either has no such bond or the join is not a molecule.
     ``cuts``: the two parents' :func:`cuttable` bonds, when the caller has them already."""
     ca, cb = cuts if cuts is not None else (None, None)
-    pa, pb = _cut(a, rng, ca), _cut(b, rng, cb)
-    if pa is None or pb is None:
+    cut_a, cut_b = _cut(a, rng, ca), _cut(b, rng, cb)
+    if cut_a is None or cut_b is None:
         return None
+    (pa, da), (pb, db) = cut_a, cut_b
     m = Chem.RWMol(Chem.CombineMols(pa, pb))
-    dummies = [atom.GetIdx() for atom in m.GetAtoms() if atom.GetAtomicNum() == 0]
+    dummies = da + tuple(pa.GetNumAtoms() + i for i in db)  # CombineMols puts b's atoms after a's
     if len(dummies) != 2:
         return None
     ends = [m.GetAtomWithIdx(d).GetNeighbors()[0].GetIdx() for d in dummies]
@@ -155,15 +156,35 @@ def cuttable(mol: Chem.Mol) -> tuple[int, ...]:
                  and bd.GetBeginAtom().GetAtomicNum() > 1 and bd.GetEndAtom().GetAtomicNum() > 1)
 
 
-def _cut(mol: Chem.Mol, rng: np.random.Generator, bonds: Sequence[int] | None = None) -> Chem.Mol | None:
+class _Cuts(tuple):
+    """A parent's :func:`cuttable` bonds, with the two parts of each cut made so far: a search
+    cuts the same few best molecules at the same bonds batch after batch, and fragmenting
+    was a seventh of making a child. The parts are only read (joined into a new molecule)."""
+
+    def __new__(cls, bonds):
+        self = super().__new__(cls, bonds)
+        self.parts = {}
+        return self
+
+
+def _cut(mol: Chem.Mol, rng: np.random.Generator,
+         bonds: Sequence[int] | None = None) -> tuple[Chem.Mol, tuple[int, ...]] | None:
     """One of the two parts of ``mol`` cut at a random acyclic single bond (one of ``bonds``,
-    its :func:`cuttable` bonds), the cut end marked by a dummy atom."""
+    its :func:`cuttable` bonds), the cut end marked by a dummy atom, with the indices of the
+    part's dummy atoms (looping over its atoms in Python cost more than the cut)."""
     if bonds is None:
         bonds = cuttable(mol)
     if not bonds:
         return None
-    frag = Chem.FragmentOnBonds(mol, [bonds[int(rng.integers(len(bonds)))]], addDummies=True)
-    parts = Chem.GetMolFrags(frag, asMols=True, sanitizeFrags=False)
+    bond = bonds[int(rng.integers(len(bonds)))]
+    made = getattr(bonds, "parts", None)
+    parts = made.get(bond) if made is not None else None
+    if parts is None:
+        frag = Chem.FragmentOnBonds(mol, [bond], addDummies=True)
+        parts = tuple((part, tuple(a.GetIdx() for a in part.GetAtoms() if a.GetAtomicNum() == 0))
+                      for part in Chem.GetMolFrags(frag, asMols=True, sanitizeFrags=False))
+        if made is not None:
+            made[bond] = parts
     return parts[int(rng.integers(len(parts)))] if len(parts) == 2 else None
 
 
@@ -324,21 +345,30 @@ def _finish(m: Chem.RWMol) -> Chem.Mol | None:
     return mol
 
 
-@lru_cache(maxsize=4096)
-def _parent(smiles: str) -> tuple[Chem.Mol, tuple[int, ...]] | None:
+def _drawer(p: np.ndarray, rng: np.random.Generator) -> Callable[[], int]:
+    """Draws of one index with probabilities ``p``, the same as ``rng.choice(len(p), p=p)``
+    each time (which draws one uniform number and looks it up in this table), without
+    checking ``p`` and building the table again for every draw."""
+    cdf = p.cumsum()
+    cdf /= cdf[-1]
+    return lambda: int(cdf.searchsorted(rng.random(), side="right"))
+
+
+@lru_cache(maxsize=1024)
+def _parent(smiles: str) -> tuple[Chem.Mol, _Cuts] | None:
     """A parent's molecule and its :func:`cuttable` bonds, or ``None`` when it cannot be one.
-    Cached: a search draws on the same best molecules batch after batch, and no operator
-    edits a parent in place (each works on a copy or a fragment)."""
+    Cached: a search draws on the same best molecules batch after batch (a pool of 64), and
+    no operator edits a parent in place (each works on a copy or a fragment)."""
     m = chem.to_mol(smiles)
     if m is None or not 0 < m.GetNumAtoms() <= MAX_PARENT_ATOMS:
         return None
-    return m, cuttable(m)
+    return m, _Cuts(cuttable(m))
 
 
 def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: Container[str] = (),
               accept: Callable[[str], bool] | None = None, mutation: float = 0.5,
               tries_per_child: int = 10, weights: Sequence[float] | None = None,
-              ring: float = 0.0) -> list[str]:
+              ring: float = 0.0, read: dict[str, Chem.Mol] | None = None) -> list[str]:
     """Up to ``n`` new molecules (canonical SMILES, none in ``known``, no repeats) made from
     ``parents`` (SMILES, drawn uniformly, or with probabilities ``weights``): a crossover of two
     (a :func:`ring_crossover` with probability ``ring``, else :func:`crossover`), then a
@@ -347,6 +377,8 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
     Children with fewer heavy atoms than half the parents' mean (rounded down) are dropped.
     Parents that RDKit cannot read are skipped; gives fewer than ``n`` when
     ``tries_per_child * n`` attempts did not find them (a pool of one small molecule).
+    ``read``: filled with each child's molecule as RDKit reads its SMILES, for the caller's
+    fingerprints.
     """
     if n <= 0:
         return []
@@ -365,9 +397,11 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
             raise ValueError("parent weights must be finite, >= 0 and not all 0")
         p = p / p.sum()
 
+    draw = None if p is None else _drawer(p, rng)
+
     def pick() -> Chem.Mol:
         # Uniform draws keep their old call, so unweighted runs propose exactly as before.
-        return mols[int(rng.integers(len(mols)))] if p is None else mols[int(rng.choice(len(mols), p=p))]
+        return mols[int(rng.integers(len(mols)))] if draw is None else mols[draw()]
 
     # A crossover that keeps two small ends makes a fragment (CC, CN) that wastes an oracle
     # call: children must keep half the parents' mean size.
@@ -389,10 +423,22 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
             child = mutate(child if child is not None else a, rng)
         if child is None or child.GetNumHeavyAtoms() < smallest:
             continue
-        s = chem.canonical(Chem.MolToSmiles(child))
-        if s is None or s in made or s in known or not chem.is_valid_molecule(s):
+        # chem.canonical, then chem.is_valid_molecule of its output, with one parse where
+        # the child's SMILES was canonical already (the usual case): the same answers.
+        raw = Chem.MolToSmiles(child)
+        mol = chem.to_mol(raw)
+        if mol is None or mol.GetNumAtoms() == 0:
+            continue
+        s = Chem.MolToSmiles(mol)
+        if s in made or s in known:
+            continue
+        if s != raw:
+            mol = chem.to_mol(s)
+        if mol is None or mol.GetNumHeavyAtoms() < 2:
             continue
         made.add(s)
+        if read is not None:
+            read[s] = mol
         if accept is not None and not accept(s):
             continue
         out.append(s)

@@ -166,10 +166,11 @@ class PolicyProposer:
             if self.screen > 1 and self.surrogate is not None:
                 # Screened before the vocabulary check: SELFIES-encoding a child costs more
                 # than making it, and only the ``graph`` kept need it.
+                read: dict = {}
                 made = offspring(top, self.graph * self.screen, grng, known=self.mlog.index,
                                  weights=self._weights(len(top)), mutation=self.mutation,
-                                 ring=self.ring_crossover)
-                ranked = made if len(made) < 2 or self._fitted() is None else self._fit.rank(made)
+                                 ring=self.ring_crossover, read=read)
+                ranked = made if len(made) < 2 or self._fitted() is None else self._fit.rank(made, read)
                 for s in ranked:
                     if len(self._children) >= self.graph:
                         break

@@ -16,7 +16,7 @@ so a resumed run screens as the killed one would have.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -36,19 +36,22 @@ class TanimotoGP:
         self.n_bits = n_bits
         self._fps: dict[str, np.ndarray] = {}
 
-    def _matrix(self, smiles: Sequence[str]) -> np.ndarray:
+    def _matrix(self, smiles: Sequence[str], read: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Bits (0/1, uint8) of ``smiles``, one row each; ``read``: molecules already parsed."""
         missing = [s for s in smiles if s not in self._fps]
         if missing:
-            for s, row in zip(missing, chem.fingerprint_matrix(missing, n_bits=self.n_bits)):
+            given = [read.get(s, s) for s in missing] if read else missing
+            for s, row in zip(missing, chem.fingerprint_matrix(given, n_bits=self.n_bits)):
                 self._fps[s] = np.packbits(row)   # 256 bytes a molecule, not 2,048
         bits = np.stack([self._fps[s] for s in smiles]) if smiles else np.zeros((0, self.n_bits // 8), np.uint8)
-        return np.unpackbits(bits, axis=1, count=self.n_bits).astype(np.float32)
+        return np.unpackbits(bits, axis=1, count=self.n_bits)
 
     @staticmethod
     def _kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        inter = a @ b.T
-        union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-        return np.where(union > 0, inter / np.maximum(union, 1.0), 1.0)
+        """Tanimoto similarities (float32) of the bit rows of ``a`` and ``b``."""
+        inter = _common_bits(a, b)
+        union = a.sum(1, dtype=np.float32)[:, None] + b.sum(1, dtype=np.float32)[None, :] - inter
+        return np.where(union > 0, inter / np.maximum(union, np.float32(1.0)), np.float32(1.0))
 
     def fit(self, train: Sequence[str], scores: np.ndarray) -> "_Fit":
         """The GP conditioned on the scored molecules ``train`` (its Cholesky factor), to
@@ -90,27 +93,41 @@ class TanimotoGP:
         return list(candidates) if fitted is None else fitted.rank(candidates)
 
 
+def _common_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The bits each row of ``a`` shares with each row of ``b`` (float32, exact counts): an
+    int8 product (AMX or VNNI on CPUs that have it) where torch has one, else float32."""
+    import torch
+
+    try:
+        counts = torch._int_mm(torch.from_numpy(a).view(torch.int8), torch.from_numpy(b).view(torch.int8).T)
+        return counts.numpy().astype(np.float32)
+    except (AttributeError, RuntimeError):  # no integer matmul in this torch build
+        return a.astype(np.float32) @ b.astype(np.float32).T
+
+
 class _Fit:
     """A fitted :class:`TanimotoGP`: :meth:`predict` and :meth:`rank` candidates."""
 
     def __init__(self, gp: TanimotoGP, x: np.ndarray, chol, alpha, mean: float, sd: float):
         self.gp, self.x, self.chol, self.alpha, self.mean, self.sd = gp, x, chol, alpha, mean, sd
 
-    def predict(self, candidates: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The mean and sd at ``candidates``, in the scores' units."""
+    def predict(self, candidates: Sequence[str],
+                read: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The mean and sd at ``candidates``, in the scores' units (``read``: molecules of
+        them already parsed)."""
         import torch
 
-        xc = self.gp._matrix(list(candidates))
+        xc = self.gp._matrix(list(candidates), read)
         ks = torch.from_numpy(self.gp._kernel(xc, self.x).astype(np.float64))
         mu = (ks @ self.alpha)[:, 0].numpy()
         v = torch.linalg.solve_triangular(self.chol, ks.T, upper=False)
         var = np.clip(1.0 - (v * v).sum(0).numpy(), 0.0, None)
         return self.mean + self.sd * mu, self.sd * np.sqrt(var)
 
-    def rank(self, candidates: Sequence[str]) -> list[str]:
+    def rank(self, candidates: Sequence[str], read: Mapping[str, Any] | None = None) -> list[str]:
         """``candidates`` best first by the upper confidence bound ``mean + beta * sd``."""
         if len(candidates) < 2:
             return list(candidates)
-        mu, sd = self.predict(candidates)
+        mu, sd = self.predict(candidates, read)
         ucb = mu + self.gp.beta * sd
         return [candidates[i] for i in np.argsort(-ucb, kind="stable")]

@@ -53,13 +53,16 @@ def run(job):
     # AdaptConfig setting: it pins it apart from the decoding precision (MOLVAE_CPU_BF16).
     items = [x for x in rest.split("/") if x]
     pinned = [x for x in items if x.startswith("finetune_bf16=")]
-    rest = "/".join(x for x in items if x not in pinned)
+    # cma_batch=N is the search's batch_size (the CMA-ES population a batch), not an AdaptConfig one.
+    cma = [int(x.partition("=")[2]) for x in items if x.startswith("cma_batch=")]
+    rest = "/".join(x for x in items if x not in pinned and not x.startswith("cma_batch="))
     model = load_model()
     for x in pinned:
         model.finetune_bf16 = x.partition("=")[2] == "1"
     adapt = "none" if name == "cmaes" else parse_adapt("retrain:" + rest) if rest else AdaptConfig()
     t = time.perf_counter()
-    df = molvae.optimize(model, pmo.objective(task), budget=budget, seed=seed, adapt=adapt, progress=False)
+    extra = {"batch_size": cma[0]} if cma else {}
+    df = molvae.optimize(model, pmo.objective(task), budget=budget, seed=seed, adapt=adapt, progress=False, **extra)
     s = df.attrs["summary"]
     scores = df.sort_values("oracle_call")["score"].to_numpy(float)
     row = {"task": task, "variant": spec, "budget": budget, "seed": seed, "wall_s": round(time.perf_counter() - t, 1),
