@@ -279,10 +279,17 @@ def tanimoto(query: str, others: Sequence[str], radius: int = 2, n_bits: int = 2
     return out
 
 
-def fingerprint_matrix(smiles: Sequence[str], radius: int = 2, n_bits: int = 2048) -> np.ndarray:
-    """Morgan bits as a uint8 matrix (rows = molecules); invalid molecules give zero rows."""
+def fingerprint_matrix(smiles: Sequence[str | Chem.Mol], radius: int = 2, n_bits: int = 2048,
+                       counts: bool = False) -> np.ndarray:
+    """Morgan bits as a uint8 matrix (rows = molecules); invalid molecules give zero rows.
+    ``counts``: how many times each hashed environment occurs instead (at most 255)."""
     out = np.zeros((len(smiles), n_bits), dtype=np.uint8)
     for i, s in enumerate(smiles):
+        if counts:
+            mol = to_mol(s) if isinstance(s, str) else s
+            if mol is not None:
+                out[i] = np.minimum(_morgan_generator(radius, n_bits).GetCountFingerprintAsNumPy(mol), 255)
+            continue
         fp = morgan_fp(s, radius, n_bits)
         if fp is not None:
             DataStructs.ConvertToNumpyArray(fp, out[i])

@@ -58,11 +58,44 @@ def test_the_kernel_is_rdkits_tanimoto_in_either_product(scored, monkeypatch):
     assert fast.dtype == np.float32 and np.allclose(fast[:-1], truth, atol=1e-6)
     assert fast[-1, :].max() == 0.0 and gp._kernel(x[-1:], x[-1:])[0, 0] == 1.0
 
-    def no_int_mm(*args):
-        raise RuntimeError("no int8 matmul")
-
-    monkeypatch.setattr(torch, "_int_mm", no_int_mm, raising=False)
+    monkeypatch.setattr(surrogate, "_int_mm_works", lambda: False)
     assert np.array_equal(gp._kernel(x, x[:25]), fast)
+
+
+def test_the_counts_kernel_is_minmax_and_sees_what_bits_cannot(monkeypatch):
+    """Tanimoto on Morgan counts is sum(min) / sum(max) of the count vectors, in either
+    product; alkanes of 8 to 16 carbons share every radius-2 bit, so the bits GP predicts one
+    score for all, and the counts GP tells them apart by their length."""
+    chains = ["C" * n for n in range(8, 17)]
+    gp = TanimotoGP(counts=True)
+    x = gp._matrix(chains + ["c1ccccc1CCO", "[H][H]"])
+    assert x.max() > 1
+    a, b = x.astype(np.float64)[:, None, :], x.astype(np.float64)[None, :, :]
+    union = np.maximum(a, b).sum(2)
+    truth = np.where(union > 0, np.minimum(a, b).sum(2) / np.where(union > 0, union, 1), 1.0)
+    assert np.allclose(gp._kernel(x, x), truth, atol=1e-6)
+
+    with monkeypatch.context() as m:
+        m.setattr(surrogate, "_int_mm_works", lambda: False)
+        assert np.allclose(gp._kernel(x, x), truth, atol=1e-6)
+    train, y = chains[::2], np.arange(8, 17, 2, dtype=float)
+    bits_mu, _ = TanimotoGP().predict(train, y, chains[1::2])
+    counts_mu, _ = TanimotoGP(counts=True).predict(train, y, chains[1::2])
+    assert np.ptp(bits_mu) < 1e-6
+    assert np.all(np.diff(counts_mu) > 0)
+
+
+def test_a_broken_int8_product_is_caught_and_not_used(monkeypatch):
+    """torch._int_mm is checked against exact counts once; a build whose product is wrong (or
+    missing) leaves the kernel on float32."""
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: torch.zeros(a.shape[0], b.shape[1], dtype=torch.int32))
+    surrogate._int_mm_works.cache_clear()
+    try:
+        assert not surrogate._int_mm_works()
+        x = TanimotoGP()._matrix(["c1ccccc1O", "CCN", "c1ccccc1N"])
+        assert np.allclose(np.diag(TanimotoGP._kernel(x, x)), 1.0)
+    finally:
+        surrogate._int_mm_works.cache_clear()
 
 
 def test_rank_keeps_the_order_without_enough_finite_scores(scored):
@@ -110,6 +143,8 @@ def test_rank_fits_on_the_best_and_a_draw_of_the_rest(scored, monkeypatch):
     ("retrain:policy_screen=0", r"policy_screen must be a whole number from 1 \(off\) to 64"),
     ("retrain:policy_screen=1000000", r"policy_screen must be a whole number from 1 \(off\) to 64"),
     ("retrain:policy_screen=nan", r"policy_screen must be a whole number"),
+    ("retrain:gp_counts=yes", r"gp_counts must be true or false, got 'yes'"),
+    ("retrain:gp_counts=1", r"gp_counts must be true or false"),
 ])
 def test_bad_screen_settings_are_refused_by_name(spec, match):
     with pytest.raises(MolvaeError, match=match):
@@ -206,7 +241,7 @@ def test_screened_samples_are_new_and_the_gps_best_of_the_decoded(tiny_model, mo
         assert p.decode(tiny_model, z)[2:] == ["c1ccccc1"] + smiles[:3]
 
 
-@pytest.mark.parametrize("screens", ["screen=4", "screen=4/policy_screen=4"])
+@pytest.mark.parametrize("screens", ["screen=4", "screen=4/policy_screen=4", "screen=4/gp_counts=true"])
 def test_a_screened_run_scores_each_molecule_once_and_records_the_setting(tiny_model, tmp_path, screens):
     spec = "retrain:policy=4/graph=8/pool=8/radius=8.0/molecules=16/" + screens
     out = tmp_path / "run"
@@ -214,6 +249,7 @@ def test_a_screened_run_scores_each_molecule_once_and_records_the_setting(tiny_m
                   out_dir=out, progress=False)
     recorded = json.loads((out / "run.json").read_text())["adapt"]
     assert recorded["screen"] == 4 and recorded["policy_screen"] == (4 if "policy" in screens else 1)
+    assert recorded["gp_counts"] is ("gp_counts" in screens)
     table = pd.read_csv(out / "molecules.csv")
     assert list(table["oracle_call"]) == list(range(1, 65)) and table["smiles"].is_unique
     assert (table["trial"] == -2).sum() > 0 and len(df) == 64

@@ -6,7 +6,10 @@ needs and keeps those a Gaussian process on the ledger ranks highest (GP-BO with
 its acquisition optimizer, as Tripp et al. 2021 built it and PMO benchmarked it as "GP BO"). Scored molecules
 are the training set; the kernel is the Tanimoto similarity of Morgan bits (ECFP4, 2048),
 which is a valid kernel on bit vectors, and the acquisition is the upper confidence bound
-``mean + beta * sd``.
+``mean + beta * sd``. With ``counts=True`` the fingerprints count each environment and the
+kernel is their Tanimoto (MinMax) similarity, sum(min) / sum(max), also a valid kernel: it sees
+how many rings or amide groups a molecule has, which bits cannot (the PMO similarities are
+Tanimoto on count fingerprints).
 
 The GP is refitted for each batch on at most ``MAX_TRAIN`` molecules: the best three quarters
 of them and a seeded draw of the rest, so its cost stays fixed (a 1,024 x 1,024 Cholesky, tens
@@ -16,6 +19,7 @@ so a resumed run screens as the killed one would have.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -31,25 +35,30 @@ MIN_TRAIN = 16        # fewer scored molecules: no screening (the candidates kee
 class TanimotoGP:
     """Fingerprints cached by SMILES; :meth:`rank` orders candidates by the GP's UCB."""
 
-    def __init__(self, beta: float = 1.0, n_bits: int = 2048):
+    def __init__(self, beta: float = 1.0, n_bits: int = 2048, counts: bool = False):
         self.beta = beta
         self.n_bits = n_bits
+        self.counts = counts
         self._fps: dict[str, np.ndarray] = {}
 
     def _matrix(self, smiles: Sequence[str], read: Mapping[str, Any] | None = None) -> np.ndarray:
-        """Bits (0/1, uint8) of ``smiles``, one row each; ``read``: molecules already parsed."""
+        """Bits (0/1) or counts (0-255) of ``smiles``, uint8, one row each; ``read``: molecules
+        already parsed."""
         missing = [s for s in smiles if s not in self._fps]
         if missing:
             given = [read.get(s, s) for s in missing] if read else missing
-            for s, row in zip(missing, chem.fingerprint_matrix(given, n_bits=self.n_bits)):
-                self._fps[s] = np.packbits(row)   # 256 bytes a molecule, not 2,048
+            for s, row in zip(missing, chem.fingerprint_matrix(given, n_bits=self.n_bits, counts=self.counts)):
+                self._fps[s] = row if self.counts else np.packbits(row)   # bits: 256 bytes, not 2,048
+        if self.counts:
+            return np.stack([self._fps[s] for s in smiles]) if smiles else np.zeros((0, self.n_bits), np.uint8)
         bits = np.stack([self._fps[s] for s in smiles]) if smiles else np.zeros((0, self.n_bits // 8), np.uint8)
         return np.unpackbits(bits, axis=1, count=self.n_bits)
 
     @staticmethod
     def _kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Tanimoto similarities (float32) of the bit rows of ``a`` and ``b``."""
-        inter = _common_bits(a, b)
+        """Tanimoto similarities (float32) of the rows of ``a`` and ``b``: bits, or counts
+        (MinMax), which are the same where every count is 0 or 1."""
+        inter = _common_counts(a, b)
         union = a.sum(1, dtype=np.float32)[:, None] + b.sum(1, dtype=np.float32)[None, :] - inter
         return np.where(union > 0, inter / np.maximum(union, np.float32(1.0)), np.float32(1.0))
 
@@ -94,15 +103,50 @@ class TanimotoGP:
 
 
 def _common_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The bits each row of ``a`` shares with each row of ``b`` (float32, exact counts): an
-    int8 product (AMX or VNNI on CPUs that have it) where torch has one, else float32."""
-    import torch
+    """The bits each row of ``a`` shares with each row of ``b`` (0/1 uint8; float32, exact
+    counts): an int8 product (AMX or VNNI on CPUs that have it) where torch's checks out, else
+    float32."""
+    if a.shape[1] >= INT_MM_MIN_COLUMNS and _int_mm_works():
+        import torch
 
-    try:
         counts = torch._int_mm(torch.from_numpy(a).view(torch.int8), torch.from_numpy(b).view(torch.int8).T)
         return counts.numpy().astype(np.float32)
-    except (AttributeError, RuntimeError):  # no integer matmul in this torch build
-        return a.astype(np.float32) @ b.astype(np.float32).T
+    return a.astype(np.float32) @ b.astype(np.float32).T
+
+
+#: torch._int_mm (2.13, CPU) returns garbage for one column; a product this narrow is cheap anyway.
+INT_MM_MIN_COLUMNS = 16
+
+
+@lru_cache(maxsize=1)
+def _int_mm_works() -> bool:
+    """Whether this torch build has an int8 product that gives exact counts (checked once)."""
+    try:
+        import torch
+
+        rng = np.random.default_rng(0)
+        a, b = (rng.random((37, 2048)) < 0.05).astype(np.uint8), (rng.random((19, 2048)) < 0.05).astype(np.uint8)
+        got = torch._int_mm(torch.from_numpy(a).view(torch.int8), torch.from_numpy(b).view(torch.int8).T).numpy()
+        return bool(np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64).T))
+    except (AttributeError, RuntimeError, TypeError):  # no integer matmul in this torch build
+        return False
+
+
+def _common_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum(min(a_k, b_k)) of each row of ``a`` with each row of ``b`` (uint8 counts), exact:
+    min(x, y) is the number of levels t >= 1 that both reach, so it is a sum of products of
+    0/1 matrices, the t-th over the columns where both sides have a count of t or more (few
+    past t = 2). Bits take one product."""
+    inter = _common_bits(np.minimum(a, 1), np.minimum(b, 1))
+    cols = np.flatnonzero((a.max(0, initial=0) >= 2) & (b.max(0, initial=0) >= 2))
+    t = 2
+    while len(cols):
+        aa, bb = a[:, cols], b[:, cols]
+        inter += _common_bits((aa >= t).view(np.uint8), (bb >= t).view(np.uint8))
+        t += 1
+        keep = (aa.max(0) >= t) & (bb.max(0) >= t)
+        cols = cols[keep]
+    return inter
 
 
 class _Fit:
