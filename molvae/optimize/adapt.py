@@ -428,7 +428,6 @@ def finetune(model, smiles: list[str], scores: np.ndarray, config: AdaptConfig, 
     if not ids:
         return {"loss": float("nan"), "molecules_per_s": 0.0}
     w = rank_weights(np.asarray(scores, dtype=float)[keep], config.rank_k)
-    data = vocab.to_tensor(ids)
     trained = [p for n, p in module.named_parameters()
                if not config.decoder_only or n.split(".")[0] in ("latent_to_hidden", "decoder", "output")]
     frozen = [p for p in module.parameters() if all(p is not q for q in trained)]
@@ -442,8 +441,10 @@ def finetune(model, smiles: list[str], scores: np.ndarray, config: AdaptConfig, 
         with torch.random.fork_rng(devices=[]), module.bf16_rnns(bf16):
             torch.manual_seed(seed)
             pick = torch.multinomial(torch.as_tensor(w), config.molecules, replacement=True)
+            # Only the drawn rows become a tensor: a late round's ledger holds ~10,000.
+            data = vocab.to_tensor([ids[j] for j in pick.tolist()])
             for i in range(0, len(pick), config.batch_size):
-                batch = data[pick[i:i + config.batch_size]]
+                batch = data[i:i + config.batch_size]
                 width = int((batch != vocab.pad_id).sum(1).max())
                 batch = batch[:, :max(width, 2)].to(module.device)
                 if config.decoder_only:
