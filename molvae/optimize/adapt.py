@@ -271,6 +271,7 @@ class AdaptConfig:
     # of a search's best 64 scored by the oracle, the 32 the counts GP kept scored higher
     # than the 32 the bits GP kept: amlodipine 0.478 against 0.153 (a random 32: 0.251),
     # troglitazone 0.369 against 0.349 (scripts/experiments/screen_study.py, docs/benchmarks.md).
+    # The search did not gain from it on seed 0 of the 19 PMO tasks without valsartan: -0.129.
     gp_counts: bool = False
 
     def __post_init__(self):
