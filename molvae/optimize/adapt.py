@@ -265,6 +265,7 @@ class AdaptConfig:
     # batch and keeps the ``policy`` new ones the GP ranks highest (the one fitted for the
     # graph children). Sampling at a good molecule's code gives it back unchanged about half
     # the time, so the kept ones are also new ones. 1: every sample kept, as before.
+    # 4: -0.107 and -0.072 on the 19 PMO tasks without valsartan, seeds 0-1 (docs/benchmarks.md).
     policy_screen: int = 1
     # The screens' GP kernel: false, Tanimoto on Morgan bits; true, Tanimoto on Morgan counts
     # (MinMax), which sees how often a group occurs (rings, amides). Offline, on 128 children
