@@ -589,6 +589,15 @@ def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
     assert list(rings["oracle_call"]) == list(range(1, 49)) and rings["smiles"].is_unique
     assert set(rings.loc[rings["trial"] == -2, "smiles"]) != set(children["smiles"])
 
+    # So does the share of crossovers with a training molecule.
+    out = tmp_path / "donors"
+    optimize(tiny_model, "qed", budget=48, batch_size=4, seed=3, adapt=late + "/donor=1.0",
+             adapt_every=16, out_dir=out, progress=False)
+    donated = pd.read_csv(out / "molecules.csv")
+    assert json.loads((out / "run.json").read_text())["adapt"]["donor"] == 1.0
+    assert list(donated["oracle_call"]) == list(range(1, 49)) and donated["smiles"].is_unique
+    assert set(donated.loc[donated["trial"] == -2, "smiles"]) != set(children["smiles"])
+
     # graph_from_start=true (the default): children from the first batches on, still no
     # policy samples.
     out = tmp_path / "early"
@@ -798,6 +807,10 @@ def test_bench_finetune_times_both_precisions_on_the_same_draws(tiny_model_dir, 
     ("retrain:ring_crossover=-0.5", r"ring_crossover must be a number from 0 to 1"),
     ("retrain:ring_crossover=2", r"ring_crossover must be a number from 0 to 1"),
     ("retrain:ring_crossover=inf", r"ring_crossover must be a number from 0 to 1"),
+    ("retrain:donor=-0.1", r"donor must be a number from 0 to 1"),
+    ("retrain:donor=1e9", r"donor must be a number from 0 to 1"),
+    ("retrain:donor=nan", r"donor must be a number from 0 to 1"),
+    ("retrain:donor=zinc", r"donor must be a number, got 'zinc'"),
 ])
 def test_bad_adapt_specs_are_clear_errors(spec, match):
     from molvae.optimize.adapt import parse_adapt

@@ -6,7 +6,8 @@ import pytest
 from rdkit import Chem
 
 from molvae import chem
-from molvae.optimize.mutate import MAX_RING, _Cuts, _drawer, crossover, cuttable, mutate, offspring, ring_crossover
+from molvae.optimize.mutate import (MAX_RING, _Cuts, _drawer, crossover, cuttable, donor_parents, mutate, offspring,
+                                    ring_crossover)
 
 CELECOXIB = "Cc1ccc(-c2cc(C(F)(F)F)nn2-c2ccc(S(N)(=O)=O)cc2)cc1"
 PARENTS = [CELECOXIB, "CC(=O)Nc1ccc(O)cc1", "CN1CCC[C@H]1c1cccnc1", "O=C(O)c1ccccc1OC(=O)C",
@@ -226,3 +227,37 @@ def test_mutation_rate_sets_how_often_a_crossover_child_is_also_edited():
     assert kids and all(plain(s) for s in kids)
     edited = offspring(chains, 30, np.random.default_rng(0), mutation=1.0)
     assert len(edited) == 30 and sum(plain(s) for s in edited) < 15
+
+
+def test_donor_crossovers_bring_in_the_donors_groups():
+    """A pool of phenylethanol and a donor with a tetrazole, no mutation after a crossover that
+    works: no single edit of the pool makes a tetrazole, so only crossovers with the donor
+    give children that have one, in proportion to the donor share (each keeps one of the
+    donor's two parts, the tetrazole about half the time)."""
+    pool, donors = ["OCCc1ccccc1"], donor_parents(["CCCCc1nn[nH]n1", "CCCCC(=O)Nc1nn[nH]n1"])
+    tetrazole = Chem.MolFromSmarts("c1nn[nH]n1")
+    has = lambda s: Chem.MolFromSmiles(s).HasSubstructMatch(tetrazole)
+    counts = {}
+    for share in (0.0, 0.5, 1.0):
+        kids = [s for seed in range(3) for s in offspring(pool, 20, np.random.default_rng(seed), mutation=0.0,
+                                                           donors=donors, donor=share)]
+        counts[share] = sum(map(has, kids)) / len(kids)
+    assert counts[0.0] == 0 and 0.2 < counts[0.5] < counts[1.0] and counts[1.0] > 0.4, counts
+
+
+def test_no_donor_share_makes_the_same_children():
+    """Donors given with a share of 0 draw nothing extra: a seeded run makes the children it
+    made before donors existed."""
+    donors = donor_parents(["CCCCc1nn[nH]n1"])
+    assert offspring(PARENTS, 30, np.random.default_rng(4)) == \
+        offspring(PARENTS, 30, np.random.default_rng(4), donors=donors, donor=0.0)
+
+
+def test_hostile_donors_are_left_out():
+    donors = donor_parents(["", "not a smiles", None, 42, "C" * 5000, "[U]", "c1cccc1", "CCO"])
+    assert [Chem.MolToSmiles(m) for m, _ in donors] == ["[U]", "CCO"]
+    for share in (0.5, 1.0):
+        kids = offspring(PARENTS, 8, np.random.default_rng(0), donors=donors, donor=share)
+        assert len(set(kids)) == len(kids) <= 8
+        for s in kids:
+            _sane(Chem.MolFromSmiles(s))

@@ -159,7 +159,7 @@ ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_star
                   "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
                   "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5,
                   "ring_crossover": 0.0, "niche": 0, "jitter": 0.0, "screen": 1,
-                  "policy_screen": 1, "gp_counts": False}
+                  "policy_screen": 1, "gp_counts": False, "donor": 0.0}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -169,6 +169,7 @@ BACKOFF_DOUBLINGS = 3   # the gap between rounds grows to at most 2**3 = 8 times
 MAX_JITTER = 10.0        # latent sd of the policy parents' noise: the prior's sd is 1
 MAX_SCREEN = 64          # children made per child scored: more would make each batch crawl
 MAX_MOLECULES = 100_000  # fine-tuning draws per round: more would stall every round for hours
+DONORS = 4096            # training molecules the donor crossovers draw from (read in ~1 s)
 
 
 @dataclass
@@ -274,6 +275,12 @@ class AdaptConfig:
     # troglitazone 0.369 against 0.349 (scripts/experiments/screen_study.py, docs/benchmarks.md).
     # The search did not gain from it on seed 0 of the 19 PMO tasks without valsartan: -0.129.
     gp_counts: bool = False
+    # The share of graph crossovers whose second parent is a training molecule rather than
+    # one of the pool: DONORS molecules of the bundled MOSES sample, drawn by the run's seed,
+    # never scored. They bring in groups (a tetrazole, a sulfonamide) that no molecule scored
+    # so far has, as f-RAG's fragment vocabulary does, without spending oracle calls; with
+    # ``screen`` the GP keeps the children worth scoring. 0: crossovers within the pool only.
+    donor: float = 0.0
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -311,7 +318,7 @@ class AdaptConfig:
         v = self.crossover
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             raise MolvaeError(f"adapt crossover must be a number from 0 to 1, got {v!r}")
-        for name in ("mutation", "ring_crossover"):
+        for name in ("mutation", "ring_crossover", "donor"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise MolvaeError(f"adapt {name} must be a number from 0 to 1, got {v!r}")
@@ -555,6 +562,7 @@ class Adapter:
         self._codes: dict[str, np.ndarray | None] = {}    # posterior means, for the policy's parents
         self._frameworks: dict[str, str] = {}              # generic Murcko frameworks, for niche
         self._surrogate = TanimotoGP(counts=config.gp_counts)  # its fingerprints last the run
+        self._donors = donor_set(seed) if config.donor > 0 else []
         self._progress = TopProgress()
 
     def proposer(self, inner, mlog: MoleculeLog):
@@ -570,7 +578,7 @@ class Adapter:
                               self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k,
                               c.mutation, c.ring_crossover, c.niche, self._frameworks, c.jitter,
                               c.screen, self._surrogate if c.screen > 1 or c.policy_screen > 1 else None,
-                              c.policy_screen)
+                              c.policy_screen, self._donors, c.donor)
 
     # ---------------------------------------------------------------- files
 
@@ -749,6 +757,18 @@ class TopProgress:
                 self._anchor, self._gain = mean, i + 1
         self._seen = max(self._seen, upto)
         return self._gain
+
+
+def donor_set(seed: int, n: int = DONORS) -> list:
+    """``n`` molecules of the bundled MOSES training sample, drawn by ``seed``, read for the
+    graph GA's donor crossovers (:func:`molvae.optimize.mutate.donor_parents`)."""
+    from ..data import bundled
+    from .mutate import donor_parents
+
+    smiles = bundled("train")
+    rng = np.random.default_rng([seed, 5])
+    pick = rng.choice(len(smiles), size=min(n, len(smiles)), replace=False)
+    return donor_parents([smiles[i] for i in sorted(pick)])
 
 
 def _round_seed(seed: int, rnd: int) -> int:

@@ -354,6 +354,17 @@ def _drawer(p: np.ndarray, rng: np.random.Generator) -> Callable[[], int]:
     return lambda: int(cdf.searchsorted(rng.random(), side="right"))
 
 
+def donor_parents(smiles: Sequence[str]) -> list[tuple[Chem.Mol, _Cuts]]:
+    """``smiles`` read once as :func:`offspring`'s ``donors`` (those RDKit cannot read, or too
+    large to cut, left out): a donor set lasts a run, larger than ``_parent``'s cache."""
+    out = []
+    for s in smiles:
+        m = chem.to_mol(s) if isinstance(s, str) else None
+        if m is not None and 0 < m.GetNumAtoms() <= MAX_PARENT_ATOMS:
+            out.append((m, _Cuts(cuttable(m))))
+    return out
+
+
 @lru_cache(maxsize=1024)
 def _parent(smiles: str) -> tuple[Chem.Mol, _Cuts] | None:
     """A parent's molecule and its :func:`cuttable` bonds, or ``None`` when it cannot be one.
@@ -368,11 +379,15 @@ def _parent(smiles: str) -> tuple[Chem.Mol, _Cuts] | None:
 def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: Container[str] = (),
               accept: Callable[[str], bool] | None = None, mutation: float = 0.5,
               tries_per_child: int = 10, weights: Sequence[float] | None = None,
-              ring: float = 0.0, read: dict[str, Chem.Mol] | None = None) -> list[str]:
+              ring: float = 0.0, read: dict[str, Chem.Mol] | None = None,
+              donors: Sequence[tuple[Chem.Mol, _Cuts]] = (), donor: float = 0.0) -> list[str]:
     """Up to ``n`` new molecules (canonical SMILES, none in ``known``, no repeats) made from
     ``parents`` (SMILES, drawn uniformly, or with probabilities ``weights``): a crossover of two
     (a :func:`ring_crossover` with probability ``ring``, else :func:`crossover`), then a
     mutation with probability ``mutation`` (always when the crossover fails, or with one parent).
+    With ``donor`` > 0 that share of the crossovers takes its second parent uniformly from
+    ``donors`` (:func:`donor_parents`: molecules that were never scored, such as training
+    molecules), which brings in groups that no parent has.
 
     Children with fewer heavy atoms than half the parents' mean (rounded down) are dropped.
     Parents that RDKit cannot read are skipped; gives fewer than ``n`` when
@@ -413,11 +428,16 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
             break
         a = pick()
         child = None
-        if len(mols) > 1:
+        from_donor = bool(donors) and donor > 0 and rng.random() < donor
+        if len(mols) > 1 or from_donor:
             # Drawn only when asked for, so runs without ring crossover make the same children.
             join = ring_crossover if ring > 0 and rng.random() < ring else crossover
-            b = pick()
-            child = crossover(a, b, rng, (cuts[id(a)], cuts[id(b)])) if join is crossover \
+            if from_donor:
+                b, b_cuts = donors[int(rng.integers(len(donors)))]
+            else:
+                b = pick()
+                b_cuts = cuts[id(b)]
+            child = crossover(a, b, rng, (cuts[id(a)], b_cuts)) if join is crossover \
                 else join(a, b, rng)
         if child is None or rng.random() < mutation:
             child = mutate(child if child is not None else a, rng)

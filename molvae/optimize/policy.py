@@ -69,7 +69,8 @@ class PolicyProposer:
                  graph: int = 0, encoded: dict[str, list[int] | None] | None = None,
                  parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0,
                  niche: int = 0, frameworks: dict[str, str] | None = None, jitter: float = 0.0,
-                 screen: int = 1, surrogate: TanimotoGP | None = None, policy_screen: int = 1):
+                 screen: int = 1, surrogate: TanimotoGP | None = None, policy_screen: int = 1,
+                 donors: list | None = None, donor: float = 0.0):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -96,6 +97,8 @@ class PolicyProposer:
         self.policy_screen = policy_screen  # policy samples decoded per sample kept (1: all kept)
         self._fit = None              # the current batch's GP, fitted once for both screens
         self._sampled = 0             # policy rows decoded in the current batch
+        self.donors = donors or []    # training molecules for donor crossovers (mutate.donor_parents)
+        self.donor = donor            # share of the graph crossovers with a donor as second parent
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -169,7 +172,7 @@ class PolicyProposer:
                 read: dict = {}
                 made = offspring(top, self.graph * self.screen, grng, known=self.mlog.index,
                                  weights=self._weights(len(top)), mutation=self.mutation,
-                                 ring=self.ring_crossover, read=read)
+                                 ring=self.ring_crossover, read=read, donors=self.donors, donor=self.donor)
                 ranked = made if len(made) < 2 or self._fitted() is None else self._fit.rank(made, read)
                 for s in ranked:
                     if len(self._children) >= self.graph:
@@ -179,7 +182,7 @@ class PolicyProposer:
             else:
                 self._children = offspring(top, self.graph, grng, known=self.mlog.index, accept=self._fits,
                                            weights=self._weights(len(top)), mutation=self.mutation,
-                                           ring=self.ring_crossover)
+                                           ring=self.ring_crossover, donors=self.donors, donor=self.donor)
         stats.time["sampler"] += time.perf_counter() - t
         extra = [POLICY_TRIAL] * (self.policy if parents is not None else 0) \
             + [GRAPH_TRIAL] * len(self._children)
