@@ -811,6 +811,9 @@ def test_bench_finetune_times_both_precisions_on_the_same_draws(tiny_model_dir, 
     ("retrain:donor=1e9", r"donor must be a number from 0 to 1"),
     ("retrain:donor=nan", r"donor must be a number from 0 to 1"),
     ("retrain:donor=zinc", r"donor must be a number, got 'zinc'"),
+    ("retrain:donor_top=-1", r"donor_top must be a whole number from 0 \(all\) to 4,096"),
+    ("retrain:donor_top=100000", r"donor_top must be a whole number from 0 \(all\) to 4,096"),
+    ("retrain:donor_top=0.5", r"donor_top must be a whole number"),
 ])
 def test_bad_adapt_specs_are_clear_errors(spec, match):
     from molvae.optimize.adapt import parse_adapt

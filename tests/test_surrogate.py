@@ -253,3 +253,42 @@ def test_a_screened_run_scores_each_molecule_once_and_records_the_setting(tiny_m
     table = pd.read_csv(out / "molecules.csv")
     assert list(table["oracle_call"]) == list(range(1, 65)) and table["smiles"].is_unique
     assert (table["trial"] == -2).sum() > 0 and len(df) == 64
+
+
+def test_the_mean_alone_is_predicts_mean(scored):
+    smiles, y = scored
+    fit = TanimotoGP().fit(smiles[:200], y[:200])
+    mu, _ = fit.predict(smiles[200:])
+    assert np.allclose(fit.predict_mean(smiles[200:]), mu, atol=1e-9)
+
+
+def test_donor_top_draws_donors_most_like_the_best_scored(tiny_model, monkeypatch, scored):
+    """donor_top=k: a batch's donor crossovers draw from the k training molecules whose GP
+    mean (celecoxib rediscovery here) is highest, which score above the donors left out."""
+    from types import SimpleNamespace
+
+    from molvae.optimize.ledger import MoleculeLog
+    from molvae.optimize.mutate import donor_parents
+    from molvae.optimize.policy import PolicyProposer
+
+    smiles, y = scored
+    mlog = MoleculeLog(None, ["oracle_call", "trial", "smiles", "score"], ["score"])
+    mlog.rows = [[i + 1, i, s, v] for i, (s, v) in enumerate(zip(smiles[:200], y[:200]))]
+    mlog.scores = list(y[:200])
+    mlog.index = {s: i for i, s in enumerate(smiles[:200])}
+    monkeypatch.setattr(MoleculeLog, "__len__", lambda self: len(self.rows))
+    donors = donor_parents(smiles[200:])
+    truth = dict(zip(smiles[200:], y[200:]))
+
+    def proposer(top):
+        return PolicyProposer(SimpleNamespace(), tiny_model, mlog, policy=0, pool=16, temperature=1.0, seed=1,
+                              round_=1, codes={}, graph=8, screen=4, surrogate=TanimotoGP(), donors=donors,
+                              donor=0.5, donor_top=top)
+
+    assert proposer(0)._donors() == donors
+    chosen = proposer(20)._donors()
+    assert len(chosen) == 20 and all(d in donors for d in chosen)
+    from rdkit import Chem
+
+    kept = [truth[Chem.MolToSmiles(m)] for m, _ in chosen]
+    assert np.mean(kept) > np.mean(y[200:]) + 0.05

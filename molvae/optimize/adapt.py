@@ -159,7 +159,7 @@ ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_star
                   "crossover": 0.0, "restart": True, "backoff": None, "graph": 0,
                   "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5,
                   "ring_crossover": 0.0, "niche": 0, "jitter": 0.0, "screen": 1,
-                  "policy_screen": 1, "gp_counts": False, "donor": 0.0}
+                  "policy_screen": 1, "gp_counts": False, "donor": 0.0, "donor_top": 0}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -281,6 +281,10 @@ class AdaptConfig:
     # so far has, as f-RAG's fragment vocabulary does, without spending oracle calls; with
     # ``screen`` the GP keeps the children worth scoring. 0: crossovers within the pool only.
     donor: float = 0.0
+    # With ``donor`` > 0 and the GP screen on: each batch draws its donors from only the
+    # ``donor_top`` whose GP mean is highest (the training molecules most like the best scored,
+    # as f-RAG retrieves fragments of its best molecules). 0: from all DONORS.
+    donor_top: int = 0
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -307,6 +311,8 @@ class AdaptConfig:
                 raise MolvaeError(f"adapt {name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.niche, bool) or not isinstance(self.niche, int) or not 0 <= self.niche <= MAX_MOLECULES:
             raise MolvaeError(f"adapt niche must be a whole number from 0 (off) to {MAX_MOLECULES:,}, got {self.niche!r}")
+        if isinstance(self.donor_top, bool) or not isinstance(self.donor_top, int) or not 0 <= self.donor_top <= DONORS:
+            raise MolvaeError(f"adapt donor_top must be a whole number from 0 (all) to {DONORS:,}, got {self.donor_top!r}")
         if isinstance(self.pool, bool) or not isinstance(self.pool, int) or not 1 <= self.pool <= MAX_MOLECULES:
             raise MolvaeError(f"adapt pool must be a whole number from 1 to {MAX_MOLECULES:,}, got {self.pool!r}")
         from ..model import MAX_TEMPERATURE, MIN_TEMPERATURE
@@ -578,7 +584,7 @@ class Adapter:
                               self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k,
                               c.mutation, c.ring_crossover, c.niche, self._frameworks, c.jitter,
                               c.screen, self._surrogate if c.screen > 1 or c.policy_screen > 1 else None,
-                              c.policy_screen, self._donors, c.donor)
+                              c.policy_screen, self._donors, c.donor, c.donor_top)
 
     # ---------------------------------------------------------------- files
 

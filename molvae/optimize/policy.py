@@ -70,7 +70,7 @@ class PolicyProposer:
                  parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0,
                  niche: int = 0, frameworks: dict[str, str] | None = None, jitter: float = 0.0,
                  screen: int = 1, surrogate: TanimotoGP | None = None, policy_screen: int = 1,
-                 donors: list | None = None, donor: float = 0.0):
+                 donors: list | None = None, donor: float = 0.0, donor_top: int = 0):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -99,6 +99,7 @@ class PolicyProposer:
         self._sampled = 0             # policy rows decoded in the current batch
         self.donors = donors or []    # training molecules for donor crossovers (mutate.donor_parents)
         self.donor = donor            # share of the graph crossovers with a donor as second parent
+        self.donor_top = donor_top    # > 0: only the donors the GP's mean ranks highest, this many
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -172,7 +173,7 @@ class PolicyProposer:
                 read: dict = {}
                 made = offspring(top, self.graph * self.screen, grng, known=self.mlog.index,
                                  weights=self._weights(len(top)), mutation=self.mutation,
-                                 ring=self.ring_crossover, read=read, donors=self.donors, donor=self.donor)
+                                 ring=self.ring_crossover, read=read, donors=self._donors(), donor=self.donor)
                 ranked = made if len(made) < 2 or self._fitted() is None else self._fit.rank(made, read)
                 for s in ranked:
                     if len(self._children) >= self.graph:
@@ -222,6 +223,20 @@ class PolicyProposer:
             if self._sampled > self.policy:
                 smiles = smiles[:self._n] + self._screen_samples(smiles[:self._n], smiles[self._n:])
         return list(smiles) + list(self._children)
+
+    def _donors(self) -> list:
+        """The donors this batch's crossovers draw from: all, or with ``donor_top`` the ones
+        whose GP mean is highest, the training molecules most like the best scored
+        (retrieval, as f-RAG retrieves fragments of its best molecules)."""
+        if not (self.donor and self.donor_top and self.donors) or self.surrogate is None or self._fitted() is None:
+            return self.donors
+        if not hasattr(self, "_donor_smiles"):
+            from rdkit import Chem
+
+            self._donor_smiles = [Chem.MolToSmiles(m) for m, _ in self.donors]
+        mean = self._fit.predict_mean(self._donor_smiles)
+        best = np.argsort(-mean, kind="stable")[:self.donor_top]
+        return [self.donors[i] for i in best]
 
     def _fitted(self):
         """The batch's GP on the ledger (None: too few scores), fitted on first use."""
