@@ -280,6 +280,8 @@ class AdaptConfig:
     # never scored. They bring in groups (a tetrazole, a sulfonamide) that no molecule scored
     # so far has, as f-RAG's fragment vocabulary does, without spending oracle calls; with
     # ``screen`` the GP keeps the children worth scoring. 0: crossovers within the pool only.
+    # 0.25: +0.113 on the 19 PMO tasks without valsartan over seeds 0-2 (+0.433 / -0.028 /
+    # -0.065, paired t 0.71; troglitazone up on every seed), so an option (docs/benchmarks.md).
     donor: float = 0.0
     # With ``donor`` > 0 and the GP screen on: each batch draws its donors from only the
     # ``donor_top`` whose GP mean is highest (the training molecules most like the best scored,
