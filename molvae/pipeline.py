@@ -92,6 +92,7 @@ class OptimizeSection:
     sampler: str | None = None          # None: the benchmark winner (see molvae.optimize)
     batch_size: int | None = None
     start: Any = None                   # SMILES list or a file of SMILES to warm-start from
+    donors: Any = None                  # SMILES list or a file: the graph GA's crossover donors (never scored)
     lead: str | None = None
     min_similarity: float | None = None
     scaffold: str | None = None         # SMARTS the optimized molecules must contain
@@ -230,6 +231,27 @@ def _resolve_file(value: str, base: Path) -> Path:
     return base / p if (base / p).exists() else p
 
 
+def _smiles_or_file(value: Any, key: str, where: str, base: Path, each: bool = True) -> Any:
+    """A ``[optimize]`` key that takes a SMILES, a list of them or a file: a file resolved
+    beside the pipeline; with ``each``, every SMILES of a list must be valid (``donors``
+    lists are checked molecule by molecule when the stage runs, bad ones to a rejects file)."""
+    from . import chem
+
+    if isinstance(value, list):
+        for i, s in enumerate(value):
+            if not isinstance(s, str) or (each and chem.standardize(s)[0] is None):
+                raise MolvaeError(f"{where} [optimize] {key}[{i}]: {chem.short(s)} is not a valid SMILES")
+    elif isinstance(value, str):
+        p = _resolve_file(value, base)
+        if p.exists():
+            return str(p)
+        if chem.standardize(value)[0] is None:
+            raise MolvaeError(f"{where} [optimize] {key}: {chem.short(value)} is neither a file nor a valid SMILES")
+    elif value is not None:
+        raise MolvaeError(f"{where} [optimize] {key}: expected a SMILES, a list of SMILES or a file")
+    return value
+
+
 def _check(pipe: Pipeline, base: Path, where: str) -> None:
     """Checks that need the file system or RDKit, done before any stage runs."""
     from . import chem
@@ -282,18 +304,8 @@ def _check(pipe: Pipeline, base: Path, where: str) -> None:
             from rdkit import Chem
             if Chem.MolFromSmarts(opt.scaffold) is None:
                 raise MolvaeError(f"{where} [optimize] scaffold: '{opt.scaffold}' is not a valid SMARTS")
-        if isinstance(opt.start, list):
-            for i, s in enumerate(opt.start):
-                if not isinstance(s, str) or chem.standardize(s)[0] is None:
-                    raise MolvaeError(f"{where} [optimize] start[{i}]: '{s}' is not a valid SMILES")
-        elif isinstance(opt.start, str):
-            p = _resolve_file(opt.start, base)
-            if p.exists():
-                opt.start = str(p)
-            elif chem.standardize(opt.start)[0] is None:
-                raise MolvaeError(f"{where} [optimize] start: '{opt.start}' is neither a file nor a valid SMILES")
-        elif opt.start is not None:
-            raise MolvaeError(f"{where} [optimize] start: expected a SMILES, a list of SMILES or a file")
+        opt.start = _smiles_or_file(opt.start, "start", where, base)
+        opt.donors = _smiles_or_file(opt.donors, "donors", where, base, each=False)
         if isinstance(opt.objective, str) and (base / opt.objective).exists():
             opt.objective = str(base / opt.objective)
         if opt.min_similarity is not None and not 0 <= opt.min_similarity <= 1:
@@ -319,10 +331,13 @@ def _check_adapt(opt: OptimizeSection, where: str) -> None:
     except MolvaeError as exc:
         raise MolvaeError(f"{where} [optimize] adapt: {exc}") from None
     if config is None:
-        for key in ("adapt_every", "adapt_after_plateau"):
+        for key in ("adapt_every", "adapt_after_plateau", "donors"):
             if getattr(opt, key) is not None:
                 raise MolvaeError(f"{where} [optimize] {key}: set, but this search does not adapt; add "
                                   f"adapt = \"retrain\" or remove {key}")
+    elif opt.donors is not None and config.graph == 0:
+        raise MolvaeError(f"{where} [optimize] donors: set, but this search makes no graph children "
+                          "(adapt setting graph = 0) to cross them with; remove donors or graph=0")
 
 
 def _adapt_of(opt: OptimizeSection):
@@ -376,6 +391,11 @@ def _resolved(pipe: Pipeline, d: dict) -> dict:
         if multi:
             o["compare_prior"] = False  # the prior baseline is single-objective only
         config = _adapt_of(pipe.optimize)
+        if o["donors"] is None:
+            del o["donors"]  # left out, as run folders made before the key existed
+        elif config is not None:
+            from .optimize.adapt import with_user_donors
+            config = with_user_donors(config)
         if config is None:
             # Off: left out of the settings, so run folders made before the key existed (and
             # their stage hashes) stay valid.
@@ -737,7 +757,7 @@ def _stage_optimize(pipe: Pipeline, d: Path, results: dict, progress: bool) -> d
     model = load_model(_model_path(pipe), device=pipe.device)
     objective = (as_multi_objective(sec.objectives, base_dir=base, allow_code=pipe.allow_code) if sec.objectives
                  else as_objective(sec.objective, base_dir=base, allow_code=pipe.allow_code))
-    kwargs = dict(budget=sec.budget, seed=pipe.seed, out_dir=d, start=sec.start, lead=sec.lead,
+    kwargs = dict(budget=sec.budget, seed=pipe.seed, out_dir=d, start=sec.start, donors=sec.donors, lead=sec.lead,
                   similarity_threshold=sec.min_similarity, scaffold=sec.scaffold,
                   time_limit=sec.time_limit, progress=progress)
     if sec.sampler:

@@ -608,6 +608,83 @@ def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
     assert list(early["oracle_call"]) == list(range(1, 49)) and early["smiles"].is_unique
 
 
+SULFONAMIDE = chem.Chem.MolFromSmarts("S(=O)(=O)N")
+
+
+def _sulfonamide_share(smiles) -> float:
+    mols = [chem.to_mol(s) for s in smiles]
+    return sum(m.HasSubstructMatch(SULFONAMIDE) for m in mols) / max(1, len(mols))
+
+
+def test_own_donors_feed_the_crossovers_and_bad_rows_go_to_a_rejects_file(tiny_model, train_smiles, tmp_path):
+    """``donors=`` (a chemist's own library) replaces the bundled MOSES donors: the children
+    carry the library's groups, run.json records the set, unusable rows are listed with their
+    row and reason, and a resume must bring the same donors."""
+    lib = [s for s in train_smiles[1000:20000] if chem.to_mol(s).HasSubstructMatch(SULFONAMIDE)][:200]
+    assert len(lib) == 200
+    hostile = ["not a molecule", "[U+6]", "C" * 100_000, "O", "c1ccccc1" + "C" * 200]
+    f = tmp_path / "library.csv"
+    pd.DataFrame({"smiles": lib[:100] + hostile + lib[100:] + lib[:3]}).to_csv(f, index=False)
+    spec = "retrain:policy=0/graph=4/pool=8/radius=8.0/molecules=16/after_plateau=none/mutation=0.0"
+
+    own = optimize(tiny_model, "qed", budget=48, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                   out_dir=tmp_path / "own", donors=f, progress=False)
+    bundled = optimize(tiny_model, "qed", budget=48, batch_size=4, seed=3, adapt=spec + "/donor=0.25",
+                       adapt_every=16, out_dir=tmp_path / "bundled", progress=False)
+    run = json.loads((tmp_path / "own" / "run.json").read_text())
+    assert run["adapt"]["donor"] == 0.25                  # giving donors turns the share on
+    assert run["donors"]["molecules"] == 200              # the duplicates at the end count once
+    assert json.loads((tmp_path / "bundled" / "run.json").read_text())["donors"] is None
+    kids = own.loc[own["trial"] == -2, "smiles"]
+    assert len(kids) > 0 and list(own.sort_values("oracle_call")["oracle_call"]) == list(range(1, 49))
+    assert _sulfonamide_share(kids) > _sulfonamide_share(bundled.loc[bundled["trial"] == -2, "smiles"]) + 0.1
+
+    rejects = pd.read_csv(tmp_path / "own" / "donor_rejects.csv")
+    assert list(rejects["row"]) == [101, 102, 103, 104, 105]   # lines below the header
+    reasons = list(rejects["reason"])
+    assert reasons[0].startswith("invalid SMILES") and "element U" in reasons[1] and "no carbon" in reasons[3]
+    assert reasons[2].startswith("too long") and len(rejects["smiles"][2]) < 300   # not 100,000 characters
+    assert reasons[4].startswith("too large to cut")
+
+    # A resume with other donors is refused, naming them; with the same ones it goes on.
+    g = tmp_path / "other.smi"
+    g.write_text("\n".join(lib[:50]) + "\n")
+    with pytest.raises(MolvaeError, match="donors: was"):
+        optimize(tiny_model, "qed", budget=60, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                 out_dir=tmp_path / "own", donors=g, progress=False)
+    with pytest.raises(MolvaeError, match="donors: was"):
+        optimize(tiny_model, "qed", budget=60, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                 out_dir=tmp_path / "own", progress=False)
+    more = optimize(tiny_model, "qed", budget=60, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                    out_dir=tmp_path / "own", donors=f, progress=False)
+    assert sorted(more["oracle_call"]) == list(range(1, 61)) and more["smiles"].is_unique
+
+
+def test_read_donors_draws_a_large_library_by_seed_and_keeps_each_molecule_once():
+    from molvae.optimize.adapt import read_donors
+
+    lib = [f"C{'C' * i}O" for i in range(40)] * 3 + ["OCC", "C(O)C"]   # two more spellings of CCO
+    kept, rejects = read_donors(lib, seed=0)
+    assert len(kept) == 40 and rejects == [] and kept[0] == "CO"
+    a, _ = read_donors(lib, seed=1, n=10)
+    b, _ = read_donors(lib, seed=1, n=10)
+    c, _ = read_donors(lib, seed=2, n=10)
+    assert a == b != c and len(a) == 10 and set(a) <= set(kept)
+    assert read_donors(["CCO", "OCC", "C(C)O"], seed=0)[0] == ["CCO"]     # three spellings, one molecule
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(donors=["CCO"], adapt="none"), r"donors feed the graph GA's crossovers"),
+    (dict(donors=["CCO"], adapt="retrain:graph=0"), r"donors feed the graph GA's crossovers"),
+    (dict(donors=["[U+6]", "not a molecule"]), r"none of the 2 entries is a usable molecule, e.g. row 1"),
+    (dict(donors="   "), r"donors: empty"),
+    (dict(donors=[]), r"donors: no molecules"),
+])
+def test_bad_donors_are_clear_errors(tiny_model, tmp_path, kwargs, match):
+    with pytest.raises(MolvaeError, match=match):
+        optimize(tiny_model, "qed", budget=8, batch_size=4, out_dir=tmp_path / "run", progress=False, **kwargs)
+
+
 def test_restart_false_keeps_one_search_across_the_adaptations(tiny_model, tmp_path):
     """restart=false: the decoder adapts but CMA-ES keeps its region and stream (0) until it
     stalls; the default restarts it around the best at every adaptation."""
@@ -835,6 +912,16 @@ def test_cli_adapt_spec_reaches_the_run(tiny_model_dir, tmp_path, capsys):
     assert main(["optimize", "--model", str(tiny_model_dir), "--objective", "qed", "--budget", "8",
                  "--adapt", "retrain:lr=-1", "--out", str(tmp_path / "bad")]) != 0
     assert "lr must be a positive number" in capsys.readouterr().err
+
+    # --donors: a file of the chemist's own molecules, recorded by the run; a wrong one is an error.
+    lib = tmp_path / "lib.smi"
+    lib.write_text("CCOc1ccc(S(N)(=O)=O)cc1\nCC(=O)Nc1ccc(O)cc1\n")
+    assert main(["optimize", "--model", str(tiny_model_dir), "--objective", "qed", "--budget", "8",
+                 "--batch-size", "4", "--donors", str(lib), "--out", str(tmp_path / "donors")]) == 0
+    assert json.loads((tmp_path / "donors" / "run.json").read_text())["donors"]["molecules"] == 2
+    assert main(["optimize", "--model", str(tiny_model_dir), "--objective", "qed", "--budget", "8",
+                 "--donors", str(tmp_path / "missing.smi"), "--out", str(tmp_path / "bad2")]) != 0
+    assert "missing.smi" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("sampler, multi, workers, lead, shared, adapts", [

@@ -53,6 +53,11 @@ def small_file(tmp_path_factory, train_smiles):
     ("[optimize]\nobjective = { component = [{ property = 'qed', wieght = 2 }] }\n",
      r"unknown key 'wieght'.*did you mean 'weight'"),
     ("[optimize]\nstart = ['CCO', 'xyz']\n", r"\[optimize\] start\[1\]: 'xyz' is not a valid SMILES"),
+    ("[optimize]\ndonors = 'nowhere.smi'\n", r"\[optimize\] donors: 'nowhere.smi' is neither a file nor a valid SMILES"),
+    ("[optimize]\ndonors = ['CCO', 7]\n", r"\[optimize\] donors\[1\]: '7' is not a valid SMILES"),
+    ("[optimize]\ndonors = 3\n", r"\[optimize\] donors: expected a SMILES, a list of SMILES or a file"),
+    ("[optimize]\ndonors = ['CCO']\nadapt = 'none'\n", r"\[optimize\] donors: set, but this search does not adapt"),
+    ("[optimize]\ndonors = ['CCO']\nadapt = 'retrain:graph=0'\n", r"\[optimize\] donors: set, but this search makes no graph children"),
     ("seed = 0\n", r"no stage to run"),
     ("[train]\nepochs = 1\n", r"\[train\]: needs a \[data\] section"),
     ("[data]\n[train]\nmodel = { dec_hiden = 8 }\n", r"\[train\] model: unknown key 'dec_hiden' \(did you mean 'dec_hidden'\?\)"),
@@ -266,6 +271,35 @@ def test_optimize_stage_adapts_the_model_and_old_run_folders_stay_complete(tmp_p
     config = json.loads((run / "config.json").read_text())["optimize"]
     assert config["adapt"] == "retrain:lr=1e-3" and config["adapt_every"] == 6 and config["adapt_after_plateau"] == 0
     assert json.loads((run / "optimize" / "run.json").read_text())["adapt"]["lr"] == 1e-3  # the setting reached the run
+
+
+def test_optimize_stage_takes_donors_from_a_file_and_reruns_when_the_file_changes(tmp_path, tiny_model_dir,
+                                                                                  train_smiles):
+    """[optimize] donors = "library.smi" (beside the pipeline) reaches the search: run.json
+    records the set, bad rows land in donor_rejects.csv, and an edited library makes the stage
+    stale, as an edited objective file does."""
+    from molvae.pipeline import run_pipeline
+
+    run = tmp_path / "run"
+    path = tmp_path / "p.toml"
+    lib = tmp_path / "library.smi"
+    lib.write_text("\n".join(train_smiles[2000:2040] + ["not_a_molecule", "[Fe+2]"]) + "\n")
+    body = STALE_PIPE.format(run=run, model=tiny_model_dir, objective="qed").replace(
+        "budget = 12", 'budget = 12\ndonors = "library.smi"\ncompare_prior = false')
+    body = body.split("[report]")[0]
+    write(path, body)
+    run_pipeline(load_pipeline(path), progress=False)
+    rec = json.loads((run / "optimize" / "run.json").read_text())
+    assert rec["donors"]["molecules"] == 40 and rec["adapt"]["donor"] == 0.25
+    assert len(pd.read_csv(run / "optimize" / "donor_rejects.csv")) == 2
+    assert json.loads((run / "config.json").read_text())["optimize"]["adapt_settings"]["donor"] == 0.25
+
+    run_pipeline(load_pipeline(path), progress=False)
+    assert "[optimize] already complete" in (run / "run.log").read_text().split("pipeline p ")[-1]
+    lib.write_text("\n".join(train_smiles[2000:2030]) + "\n")
+    run_pipeline(load_pipeline(path), progress=False)
+    assert "[optimize] inputs changed" in (run / "run.log").read_text().split("pipeline p ")[-1]
+    assert json.loads((run / "optimize" / "run.json").read_text())["donors"]["molecules"] == 30
 
 
 def test_optimize_stage_reruns_when_the_adapt_defaults_it_ran_with_change(tmp_path, tiny_model_dir, monkeypatch):

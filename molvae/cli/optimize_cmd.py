@@ -29,6 +29,10 @@ def register(sub, bench) -> None:
     p.add_argument("--out", required=True, help="run folder (re-run to resume)")
     p.add_argument("--start", default=None,
                    help="warm start: SMILES (comma separated) or a SMILES file, encoded and tried first")
+    p.add_argument("--donors", default=None,
+                   help="a SMILES file (your own library) whose molecules the graph GA's crossovers may "
+                        "borrow groups from, never scored (default: the bundled MOSES sample when the "
+                        "adapt setting donor is above 0); bad rows go to donor_rejects.csv")
     p.add_argument("--lead", default=None, help="optimize around this molecule (a trust region)")
     p.add_argument("--min-similarity", type=float, default=None,
                    help=f"with --lead: Tanimoto floor, Morgan r2 2048 bits (default {DEFAULT_SIMILARITY})")
@@ -175,7 +179,8 @@ def cmd_optimize(args) -> int:
                      storage=args.storage, workers=args.workers, time_limit=args.time_limit,
                      target=args.target, patience=args.patience, n_components=args.components,
                      bound=args.bound, trust_radius=args.trust_radius, adapt=args.adapt,
-                     adapt_every=args.adapt_every, adapt_after_plateau=args.adapt_after_plateau)
+                     adapt_every=args.adapt_every, adapt_after_plateau=args.adapt_after_plateau,
+                     donors=args.donors)
     s = table.attrs["summary"]
     names = getattr(objective, "names", None) if "pareto" in table else None
     values = [f"{n}_score" for n in names] if names else ["score"]

@@ -58,6 +58,7 @@ that grows with the trials: they suit expensive objectives and small budgets.
                       JournalFileBackend("study.journal"))), or open it in optuna-dashboard)
     search_space.npz  the search region, so a resumed run searches exactly the same box
     run.json          the settings a resumed run must share
+    donor_rejects.csv with ``donors=``: the entries that could not be donors (row, smiles, reason)
 
 *Resume.* Re-running the same call with the same ``out_dir`` reloads ``molecules.csv`` into
 the dedup cache (nothing is scored twice, ``oracle_call`` numbering continues) and the

@@ -170,6 +170,9 @@ MAX_JITTER = 10.0        # latent sd of the policy parents' noise: the prior's s
 MAX_SCREEN = 64          # children made per child scored: more would make each batch crawl
 MAX_MOLECULES = 100_000  # fine-tuning draws per round: more would stall every round for hours
 DONORS = 4096            # training molecules the donor crossovers draw from (read in ~1 s)
+#: The donor share a run takes when the caller gives its own donors and the settings leave
+#: ``donor`` at 0: giving donors means wanting them used (the share measured in the sweep).
+USER_DONOR_SHARE = 0.25
 
 
 @dataclass
@@ -282,6 +285,8 @@ class AdaptConfig:
     # ``screen`` the GP keeps the children worth scoring. 0: crossovers within the pool only.
     # 0.25: +0.113 on the 19 PMO tasks without valsartan over seeds 0-2 (+0.433 / -0.028 /
     # -0.065, paired t 0.71; troglitazone up on every seed), so an option (docs/benchmarks.md).
+    # ``optimize(donors=...)`` takes the donors from the caller's molecules instead, and sets
+    # this to USER_DONOR_SHARE where it is 0.
     donor: float = 0.0
     # With ``donor`` > 0 and the GP screen on: each batch draws its donors from only the
     # ``donor_top`` whose GP mean is highest (the training molecules most like the best scored,
@@ -554,7 +559,8 @@ class Adapter:
     """The adapted model (a copy of the caller's), its current search region and round, and
     their files in the run folder (``out=None``: memory only)."""
 
-    def __init__(self, model, config: AdaptConfig, out: Path | None, seed: int, n_components: int):
+    def __init__(self, model, config: AdaptConfig, out: Path | None, seed: int, n_components: int,
+                 donors: list[str] | None = None):
         self.config = config
         self.model = _copy_model(model)
         self.base_model = model
@@ -570,7 +576,12 @@ class Adapter:
         self._codes: dict[str, np.ndarray | None] = {}    # posterior means, for the policy's parents
         self._frameworks: dict[str, str] = {}              # generic Murcko frameworks, for niche
         self._surrogate = TanimotoGP(counts=config.gp_counts)  # its fingerprints last the run
-        self._donors = donor_set(seed) if config.donor > 0 else []
+        if donors is not None:  # the caller's own (read_donors), else the bundled MOSES sample
+            from .mutate import donor_parents
+
+            self._donors = donor_parents(donors) if config.donor > 0 else []
+        else:
+            self._donors = donor_set(seed) if config.donor > 0 else []
         self._progress = TopProgress()
 
     def proposer(self, inner, mlog: MoleculeLog):
@@ -777,6 +788,49 @@ def donor_set(seed: int, n: int = DONORS) -> list:
     rng = np.random.default_rng([seed, 5])
     pick = rng.choice(len(smiles), size=min(n, len(smiles)), replace=False)
     return donor_parents([smiles[i] for i in sorted(pick)])
+
+
+def with_user_donors(config: AdaptConfig) -> AdaptConfig:
+    """The settings a search given its own donors runs with: ``donor`` as set, or
+    :data:`USER_DONOR_SHARE` where the settings leave it at 0."""
+    return config if config.donor > 0 else dataclasses.replace(config, donor=USER_DONOR_SHARE)
+
+
+def read_donors(smiles: list[str], seed: int, n: int = DONORS) -> tuple[list[str], list[dict]]:
+    """A caller's donor molecules (their own library, a model's training set) for the donor
+    crossovers: at most ``n`` distinct entries drawn by ``seed`` (so a library of millions
+    costs what the bundled set does), each standardized as training data is.
+
+    Returns ``(donors, rejects)``: the canonical SMILES kept, in input order, and one
+    ``{"row", "smiles", "reason"}`` per drawn entry that cannot be one (``row`` is 1-based:
+    the line below a file's header, or the position in a list)."""
+    from .. import chem
+    from .mutate import MAX_PARENT_ATOMS
+
+    first: dict[str, int] = {}
+    for i, s in enumerate(smiles):
+        first.setdefault(str(s).strip(), i)
+    rows = sorted(first.values())
+    if len(rows) > n:
+        rng = np.random.default_rng([seed, 6])
+        rows = sorted(rng.choice(rows, size=n, replace=False).tolist())
+    kept, rejects, seen = [], [], set()
+    for i in rows:
+        std, reason = chem.standardize(smiles[i])
+        if std is not None:
+            atoms = chem.to_mol(std).GetNumAtoms()
+            if atoms > MAX_PARENT_ATOMS:
+                std, reason = None, f"too large to cut into fragments: {atoms} heavy atoms > {MAX_PARENT_ATOMS}"
+            elif std in seen:
+                continue  # two spellings of one molecule
+        if std is None:
+            text = str(smiles[i])
+            rejects.append({"row": i + 1, "smiles": text if len(text) <= 200 else text[:200] + "...",
+                            "reason": reason})
+        else:
+            seen.add(std)
+            kept.append(std)
+    return kept, rejects
 
 
 def _round_seed(seed: int, rnd: int) -> int:

@@ -7,6 +7,7 @@ processes that share the study and the ledger, and writes the outputs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -22,7 +23,8 @@ import pandas as pd
 
 from .. import chem
 from ..errors import MolvaeError
-from .adapt import ADDED_SETTINGS, AdaptConfig, Adapter, adapt_config, is_auto, search_with_adaptation
+from .adapt import (ADDED_SETTINGS, AdaptConfig, Adapter, adapt_config, is_auto, read_donors,
+                    search_with_adaptation, with_user_donors)
 from .ledger import MOLECULES_FILE, MoleculeLog, open_ledger
 from .loop import (DEFAULT_BATCH_SIZE, DEFAULT_MULTI_SAMPLER, DEFAULT_SAMPLER, MAX_BATCH_SIZE, _decode,
                    _OptunaProposer, _PriorProposer, _search, _Settings, _Stats, make_sampler)
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SIMILARITY = 0.4
 #: 2: molecules.csv has an ``error`` column (molecules the objective could not score).
 RUN_FORMAT = 2
+DONOR_REJECTS_FILE = "donor_rejects.csv"
 
 
 def _read_start(start: str | os.PathLike | Sequence[str] | None) -> list[str]:
@@ -51,6 +54,37 @@ def _read_start(start: str | os.PathLike | Sequence[str] | None) -> list[str]:
             return read_smiles(p)
         return [s for s in str(start).replace(",", " ").split() if s]
     return [str(s) for s in start]
+
+
+def _resolve_donors(donors, adapting: AdaptConfig | None, seed: int) -> tuple[list[str] | None, list[dict]]:
+    """The caller's donors, read and standardized (:func:`read_donors`), or ``(None, [])``."""
+    if donors is None:
+        return None, []
+    if adapting is None or adapting.graph == 0:
+        raise MolvaeError("donors feed the graph GA's crossovers, which only model adaptation runs: "
+                          "use the default adapt (CMA-ES on one objective, no lead, one worker) or "
+                          "adapt='retrain' with graph children")
+    if isinstance(donors, str) and not donors.strip():
+        raise MolvaeError("donors: empty; give SMILES or a file of them")
+    raw = _read_start(donors)
+    if not raw:
+        raise MolvaeError(f"donors: no molecules in {donors if isinstance(donors, (str, os.PathLike)) else 'the list'}")
+    kept, rejects = read_donors(raw, seed)
+    source = f"donors {donors}" if isinstance(donors, os.PathLike) or (isinstance(donors, str) and Path(donors).exists()) \
+        else "donors"
+    if not kept:
+        raise MolvaeError(f"{source}: none of the {len(raw):,} entries is a usable molecule, e.g. row "
+                          f"{rejects[0]['row']}: {rejects[0]['reason']}")
+    if rejects:
+        log.warning("%s: %d entries left out (donor_rejects.csv), e.g. row %d: %s", source, len(rejects),
+                    rejects[0]["row"], rejects[0]["reason"])
+    return kept, rejects
+
+
+def _digest(smiles: list[str]) -> dict:
+    """What run.json records of a donor set, so a resume can tell it is the same one."""
+    h = hashlib.sha256("\n".join(smiles).encode()).hexdigest()
+    return {"molecules": len(smiles), "sha256": h[:16]}
 
 
 def _check_run(out: Path, settings: dict[str, Any]) -> bool:
@@ -127,6 +161,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
              duplicates: str = "penalize", study_name: str | None = None,
              progress: bool = True, adapt: str | AdaptConfig | None = None,
              adapt_every: int | None = None, adapt_after_plateau: int | None = None,
+             donors: str | os.PathLike | Sequence[str] | None = None,
              allow_code: bool = False) -> pd.DataFrame:
     """Search the model's latent space for molecules that maximize ``objective``.
 
@@ -170,6 +205,15 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
             defaults of the molvae that began it). An
             :class:`~molvae.optimize.adapt.AdaptConfig`, or ``"retrain:lr=1e-3/molecules=768"``
             (:func:`~molvae.optimize.adapt.parse_adapt`), changes its settings.
+        donors: SMILES (list, or a file: an in-house library, the model's own training set)
+            that the graph GA's donor crossovers take their second parent from, instead of
+            the bundled MOSES sample; never scored, so they cost no oracle calls. At most
+            :data:`~molvae.optimize.adapt.DONORS` distinct ones, drawn by ``seed``; entries
+            that are not usable molecules are left out, listed in ``donor_rejects.csv`` with
+            the reason. Needs model adaptation with graph children (the default search); the
+            donor share is the settings' ``donor``, or
+            :data:`~molvae.optimize.adapt.USER_DONOR_SHARE` where that is 0. A resumed run
+            must be given the same donors (``run.json`` records their count and digest).
         allow_code: let an objective file or dict run the ``module:function`` components it
             names (see :mod:`molvae.scoring`; a Python callable always runs).
 
@@ -214,6 +258,10 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
     adapting = adapt_config(adapt, adapt_every, sampler, multi, workers, adapt_after_plateau,
                             lead=lead is not None, shared=storage is not None)
 
+    donor_smiles, donor_rejects = _resolve_donors(donors, adapting, seed)
+    if donor_smiles is not None:
+        adapting = with_user_donors(adapting)
+
     lead_std = None
     filters = []
     if lead is not None:
@@ -252,8 +300,12 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
         "lead": lead_std, "similarity_threshold": similarity_threshold if lead is None else threshold,
         "scaffold": scaffold, "columns": scorer.columns,
         **({"adapt": adapting.settings()} if adapting is not None else {}),
+        "donors": _digest(donor_smiles) if donor_smiles is not None else None,
     }
     resumed = _check_run(out, run_settings) if out is not None else False
+    if donor_rejects and out is not None:
+        pd.DataFrame(donor_rejects, columns=["row", "smiles", "reason"]).to_csv(out / DONOR_REJECTS_FILE,
+                                                                                index=False)
 
     # ---- the search region (reloaded on resume so the coordinates mean the same thing)
     space_file = out / "search_space.npz" if out is not None else None
@@ -331,7 +383,7 @@ def optimize(model, objective, budget: int = 1000, sampler: str | None = None,
             if adapting is None:
                 stats, reason = _search(model, proposer, scorer, mlog, settings, 0, time_offset, started)
             else:  # rounds on an adapted copy of the model, each with a fresh sampler
-                adapter = Adapter(model, adapting, out, seed, space.k)
+                adapter = Adapter(model, adapting, out, seed, space.k, donors=donor_smiles)
                 stats, reason = search_with_adaptation(
                     adapter, study, adapter.resume(space),
                     lambda region, rnd: make_sampler(sampler, eff_seed, batch_size, multi,
