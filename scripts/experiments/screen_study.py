@@ -1,6 +1,6 @@
 """Experiment (not part of molvae): how well GP variants pick graph children, offline.
 
-    python scripts/experiments/screen_study.py LEDGER.csv TASK [CUTS]
+    [VARIANTS=base,bucb] [MADE=256] python scripts/experiments/screen_study.py LEDGER.csv TASK [CUTS]
 
 LEDGER is a default search's ``molecules.csv`` on the PMO task TASK. At each cut (oracle
 calls, default every 250 from 500), the molecules scored before it are the GP's training set
@@ -11,6 +11,7 @@ over the cuts: the mean true score of its 32, how many of them beat the ledger's
 (what raises the AUC top-10), and the best of them; beside a random 32 and the oracle's own
 best 32. The screen's job is the middle column.
 """
+import os
 import sys
 
 import numpy as np
@@ -22,7 +23,8 @@ from molvae.optimize import surrogate
 from molvae.optimize.mutate import offspring
 from molvae.optimize.surrogate import TanimotoGP
 
-KEEP, MADE, POOL = 32, 128, 64
+KEEP, POOL = 32, 64
+MADE = int(os.environ.get("MADE", 128))   # children made per cut: screen = MADE / KEEP
 
 
 class VariantGP(TanimotoGP):
@@ -57,10 +59,42 @@ class VariantGP(TanimotoGP):
         return np.where(union > 0, inter / np.maximum(union, np.float32(1.0)), np.float32(1.0))
 
 
+class _BatchFit(surrogate._Fit):
+    """GP-BUCB (Desautels et al. 2014): take the best UCB, shrink the others' sd as if it had
+    been scored at its mean, repeat; a batch then spreads over unlike children."""
+
+    def rank(self, candidates, read=None):
+        import torch
+
+        candidates = list(candidates)
+        xc = self.gp._matrix(candidates, read)
+        ks = torch.from_numpy(self.gp._kernel(xc, self.x).astype(np.float64))
+        mu = self.mean + self.sd * (ks @ self.alpha)[:, 0].numpy()
+        v = torch.linalg.solve_triangular(self.chol, ks.T, upper=False).numpy()
+        cov = self.gp._kernel(xc, xc).astype(np.float64) - v.T @ v
+        order, left = [], np.ones(len(candidates), bool)
+        for _ in candidates:
+            ucb = np.where(left, mu + self.gp.beta * self.sd * np.sqrt(np.clip(np.diag(cov), 0, None)), -np.inf)
+            j = int(np.argmax(ucb))
+            order.append(j)
+            left[j] = False
+            cov = cov - np.outer(cov[:, j], cov[j, :]) / (cov[j, j] + surrogate.NOISE)
+        return [candidates[i] for i in order]
+
+
+class BatchGP(TanimotoGP):
+    def fit(self, train, scores):
+        f = super().fit(train, scores)
+        return _BatchFit(f.gp, f.x, f.chol, f.alpha, f.mean, f.sd)
+
+
 def variants():
     return {
         "base": lambda: TanimotoGP(),
+        "bucb": lambda: BatchGP(),
+        "bucb_b2": lambda: BatchGP(beta=2.0),
         "beta0": lambda: TanimotoGP(beta=0.0),
+        "beta05": lambda: TanimotoGP(beta=0.5),
         "beta2": lambda: TanimotoGP(beta=2.0),
         "counts": lambda: TanimotoGP(counts=True),
         "counts_r3": lambda: VariantGP(counts=True, radius=3, cap=255),
@@ -75,7 +109,8 @@ def main():
     smiles, scores = led["smiles"].tolist(), led["score"].to_numpy(float)
     cuts = [int(x) for x in sys.argv[3].split(",")] if len(sys.argv) > 3 else list(range(500, len(led), 250))
     oracle = pmo.oracle(task)
-    gps = {k: f() for k, f in variants().items()}
+    only = os.environ.get("VARIANTS")  # e.g. VARIANTS=base,bucb: a comma list of variants() keys
+    gps = {k: f() for k, f in variants().items() if not only or k in only.split(",")}
     tot: dict[str, np.ndarray] = {}
     for cut in cuts:
         s, y = smiles[:cut], scores[:cut]
