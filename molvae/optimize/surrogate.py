@@ -9,7 +9,11 @@ which is a valid kernel on bit vectors, and the acquisition is the upper confide
 ``mean + beta * sd``. With ``counts=True`` the fingerprints count each environment and the
 kernel is their Tanimoto (MinMax) similarity, sum(min) / sum(max), also a valid kernel: it sees
 how many rings or amide groups a molecule has, which bits cannot (the PMO similarities are
-Tanimoto on count fingerprints).
+Tanimoto on count fingerprints). With ``descriptors=True`` the kernel is the fingerprints'
+Tanimoto times a Gaussian (RBF) kernel on a few whole-molecule descriptors (:data:`DESCRIPTORS`:
+aromatic rings, rings, size, polarity, logP), a product of valid kernels: two molecules alike
+by their bits but a ring apart are no longer taken for one, which objectives that score ring
+counts, TPSA or logP (most MPOs, drug-likeness) depend on.
 
 The GP is refitted for each batch on at most ``MAX_TRAIN`` molecules: the best three quarters
 of them and a seeded draw of the rest, so its cost stays fixed (a 1,024 x 1,024 Cholesky, tens
@@ -30,16 +34,51 @@ MAX_TRAIN = 1024      # molecules the GP is fitted on
 TOP_SHARE = 0.75      # ... of them the best scored, the rest drawn from the others
 NOISE = 0.05          # noise variance, in units of the scores' variance
 MIN_TRAIN = 16        # fewer scored molecules: no screening (the candidates keep their order)
+#: The descriptor kernel's features, each divided by the change that counts as one length
+#: scale: a ring, five heavy atoms, 20 Å² of TPSA, one logP unit (then by DESCRIPTOR_SCALE).
+DESCRIPTORS = ("aromatic_rings", "rings", "heavy_atoms / 5", "tpsa / 20", "logp")
+DESCRIPTOR_SCALE = 2.0
 
 
 class TanimotoGP:
     """Fingerprints cached by SMILES; :meth:`rank` orders candidates by the GP's UCB."""
 
-    def __init__(self, beta: float = 1.0, n_bits: int = 2048, counts: bool = False):
+    def __init__(self, beta: float = 1.0, n_bits: int = 2048, counts: bool = False, descriptors: bool = False):
         self.beta = beta
         self.n_bits = n_bits
         self.counts = counts
+        self.descriptors = descriptors
         self._fps: dict[str, np.ndarray] = {}
+        self._desc: dict[str, np.ndarray] = {}
+
+    def _features(self, smiles: Sequence[str], read: Mapping[str, Any] | None = None):
+        """What :meth:`kernel` compares: the fingerprints, with ``descriptors`` a pair of
+        them and the scaled descriptors."""
+        fps = self._matrix(smiles, read)
+        return (fps, self._descriptor_matrix(smiles, read)) if self.descriptors else fps
+
+    def _descriptor_matrix(self, smiles: Sequence[str], read: Mapping[str, Any] | None = None) -> np.ndarray:
+        """:data:`DESCRIPTORS` of ``smiles`` in length scales, float32, one row each (zeros for
+        a molecule RDKit cannot read)."""
+        from rdkit.Chem import Crippen, rdMolDescriptors
+
+        for s in smiles:
+            if s not in self._desc:
+                m = read.get(s) if read else None
+                m = m if m is not None and not isinstance(m, str) else chem.to_mol(s)
+                v = np.zeros(len(DESCRIPTORS), np.float32)
+                if m is not None:
+                    v[:] = (rdMolDescriptors.CalcNumAromaticRings(m), rdMolDescriptors.CalcNumRings(m),
+                            m.GetNumHeavyAtoms() / 5, rdMolDescriptors.CalcTPSA(m) / 20, Crippen.MolLogP(m))
+                self._desc[s] = v / DESCRIPTOR_SCALE
+        return np.stack([self._desc[s] for s in smiles]) if smiles else np.zeros((0, len(DESCRIPTORS)), np.float32)
+
+    def kernel(self, a, b) -> np.ndarray:
+        """The GP's kernel between two :meth:`_features` results (float32)."""
+        if not self.descriptors:
+            return self._kernel(a, b)
+        d2 = ((a[1][:, None, :] - b[1][None, :, :]) ** 2).sum(-1)
+        return self._kernel(a[0], b[0]) * np.exp(-0.5 * d2, dtype=np.float32)
 
     def _matrix(self, smiles: Sequence[str], read: Mapping[str, Any] | None = None) -> np.ndarray:
         """Bits (0/1) or counts (0-255) of ``smiles``, uint8, one row each; ``read``: molecules
@@ -67,10 +106,11 @@ class TanimotoGP:
         predict at any number of candidate sets."""
         y = np.asarray(scores, dtype=np.float64)
         mean, sd = float(y.mean()), float(y.std()) or 1.0
-        x = self._matrix(list(train))
+        train = list(train)
+        x = self._features(train)
         import torch  # its triangular solves: numpy's general solve took 5x as long
 
-        k = torch.from_numpy(self._kernel(x, x).astype(np.float64) + NOISE * np.eye(len(x)))
+        k = torch.from_numpy(self.kernel(x, x).astype(np.float64) + NOISE * np.eye(len(train)))
         chol = torch.linalg.cholesky(k)
         alpha = torch.cholesky_solve(torch.from_numpy((y - mean) / sd)[:, None], chol)
         return _Fit(self, x, chol, alpha, mean, sd)
@@ -161,8 +201,8 @@ class _Fit:
         them already parsed)."""
         import torch
 
-        xc = self.gp._matrix(list(candidates), read)
-        ks = torch.from_numpy(self.gp._kernel(xc, self.x).astype(np.float64))
+        xc = self.gp._features(list(candidates), read)
+        ks = torch.from_numpy(self.gp.kernel(xc, self.x).astype(np.float64))
         mu = (ks @ self.alpha)[:, 0].numpy()
         v = torch.linalg.solve_triangular(self.chol, ks.T, upper=False)
         var = np.clip(1.0 - (v * v).sum(0).numpy(), 0.0, None)
@@ -170,8 +210,8 @@ class _Fit:
 
     def predict_mean(self, candidates: Sequence[str]) -> np.ndarray:
         """The mean alone at ``candidates``: no triangular solve, so thousands cost little."""
-        xc = self.gp._matrix(list(candidates))
-        return self.mean + self.sd * (self.gp._kernel(xc, self.x).astype(np.float64) @ self.alpha.numpy())[:, 0]
+        xc = self.gp._features(list(candidates))
+        return self.mean + self.sd * (self.gp.kernel(xc, self.x).astype(np.float64) @ self.alpha.numpy())[:, 0]
 
     def rank(self, candidates: Sequence[str], read: Mapping[str, Any] | None = None) -> list[str]:
         """``candidates`` best first by the upper confidence bound ``mean + beta * sd``."""
