@@ -283,8 +283,9 @@ class AdaptConfig:
     # atoms, TPSA, logP; molvae.optimize.surrogate.DESCRIPTORS), so it can learn what the
     # bits cannot count. Offline (screen_study.py), the 32 of 128 children it kept scored
     # 0.52 on perindopril's MPO against the bits GP's 0.19 (random 0.26, the oracle's own
-    # best 32 0.53), and no lower on troglitazone or median2. In the search: +0.090 on seed 0
-    # of the 19 PMO tasks without valsartan (docs/benchmarks.md); seeds 1-2 decide.
+    # best 32 0.53), and no lower on troglitazone or median2. In the search it lost: -0.138
+    # on the 19 PMO tasks without valsartan over seeds 0-1 (+0.090 / -0.367, paired t -0.61;
+    # thiothixene -0.17 and -0.23), so it is off (docs/benchmarks.md).
     gp_descriptors: bool = False
     # The share of graph crossovers whose second parent is a training molecule rather than
     # one of the pool: DONORS molecules of the bundled MOSES sample, drawn by the run's seed,
