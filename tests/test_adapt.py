@@ -608,6 +608,30 @@ def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
     assert list(early["oracle_call"]) == list(range(1, 49)) and early["smiles"].is_unique
 
 
+def test_selfies_edits_of_the_best_join_the_batches_screened(tiny_model, tmp_path):
+    """``edits=N`` adds up to N SELFIES token edits of the pool per batch, screened by the GP
+    like the graph children: they reach the ledger as trial -3, new, written in the model's
+    vocabulary; the same seed gives the same run, and the setting reaches run.json."""
+    spec = "retrain:policy=0/graph=4/edits=4/screen=4/pool=8/radius=8.0/molecules=16/after_plateau=none"
+    runs = []
+    for name in ("a", "b"):
+        optimize(tiny_model, "qed", budget=64, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                 out_dir=tmp_path / name, progress=False)
+        runs.append(pd.read_csv(tmp_path / name / "molecules.csv"))
+    df = runs[0]
+    assert list(df["oracle_call"]) == list(range(1, 65)) and df["smiles"].is_unique
+    edits = df[df["trial"] == -3]
+    assert len(edits) > 0 and (df["trial"] == -2).sum() > 0 and (df["trial"] == -1).sum() == 0
+    assert all(tiny_model.vocab.try_encode(s)[0] is not None for s in edits["smiles"])
+    pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["adapt"]["edits"] == 4
+    # The GP keeps the edits it ranks highest: with the screen off the same batches hold others.
+    optimize(tiny_model, "qed", budget=64, batch_size=4, seed=3, adapt=spec.replace("screen=4", "screen=1"),
+             adapt_every=16, out_dir=tmp_path / "unscreened", progress=False)
+    unscreened = pd.read_csv(tmp_path / "unscreened" / "molecules.csv")
+    assert set(unscreened.loc[unscreened["trial"] == -3, "smiles"]) != set(edits["smiles"])
+
+
 SULFONAMIDE = chem.Chem.MolFromSmarts("S(=O)(=O)N")
 
 
@@ -851,6 +875,10 @@ def test_bench_finetune_times_both_precisions_on_the_same_draws(tiny_model_dir, 
     ("retrain:graph=1000000000", r"graph must be a whole number from 0"),
     ("retrain:graph=2.5", r"graph must be a whole number, got '2.5'"),
     ("retrain:graph=many", r"graph must be a whole number, got 'many'"),
+    ("retrain:edits=-1", r"edits must be a whole number from 0"),
+    ("retrain:edits=1000000000", r"edits must be a whole number from 0"),
+    ("retrain:edits=2.5", r"edits must be a whole number, got '2.5'"),
+    ("retrain:edits=true", r"edits must be a whole number"),
     ("retrain:niche=-1", r"niche must be a whole number from 0 \(off\)"),
     ("retrain:niche=1.5", r"niche must be a whole number, got '1.5'"),
     ("retrain:niche=1e12", r"niche must be a whole number"),

@@ -7,7 +7,8 @@ from rdkit import Chem
 
 from molvae import chem
 from molvae.optimize.mutate import (MAX_RING, _Cuts, _drawer, crossover, cuttable, donor_parents, mutate, offspring,
-                                    ring_crossover)
+                                    ring_crossover, selfies_edits)
+from molvae.tokens import smiles_to_selfies, split_selfies
 
 CELECOXIB = "Cc1ccc(-c2cc(C(F)(F)F)nn2-c2ccc(S(N)(=O)=O)cc2)cc1"
 PARENTS = [CELECOXIB, "CC(=O)Nc1ccc(O)cc1", "CN1CCC[C@H]1c1cccnc1", "O=C(O)c1ccccc1OC(=O)C",
@@ -261,3 +262,55 @@ def test_hostile_donors_are_left_out():
         assert len(set(kids)) == len(kids) <= 8
         for s in kids:
             _sane(Chem.MolFromSmiles(s))
+
+
+ALPHABET = ["[C]", "[N]", "[O]", "[F]", "[=C]", "[Branch1]", "[Ring1]", "[=O]", "[S]", "[Cl]"]
+
+
+def test_selfies_edits_are_new_sane_one_or_two_tokens_from_a_parent_and_seeded():
+    known = {chem.canonical(s) for s in PARENTS}
+    first = selfies_edits(PARENTS, 40, np.random.default_rng(7), ALPHABET, known=known)
+    again = selfies_edits(PARENTS, 40, np.random.default_rng(7), ALPHABET, known=known)
+    other = selfies_edits(PARENTS, 40, np.random.default_rng(8), ALPHABET, known=known)
+    assert first == again and first != other
+    assert len(first) == 40 and len(set(first)) == 40 and not set(first) & known
+    for s in first:
+        assert chem.canonical(s) == s
+        _sane(Chem.MolFromSmiles(s))
+    # One parent: never the parent itself, never less than half of it (a deleted branch
+    # token can cut off most of a SELFIES string), and related to it: further than a graph
+    # mutation's one edit (a branch or ring token read anew moves whole groups), far closer
+    # than an unrelated molecule.
+    from rdkit import DataStructs
+
+    fp = chem.morgan_fp(CELECOXIB)
+    kids = selfies_edits([CELECOXIB], 60, np.random.default_rng(0), ALPHABET)
+    sims = [DataStructs.TanimotoSimilarity(fp, chem.morgan_fp(s)) for s in kids]
+    assert len(kids) == 60 and chem.canonical(CELECOXIB) not in kids
+    size = Chem.MolFromSmiles(CELECOXIB).GetNumHeavyAtoms()
+    assert all(Chem.MolFromSmiles(s).GetNumHeavyAtoms() >= size // 2 for s in kids)
+    unrelated = [DataStructs.TanimotoSimilarity(fp, chem.morgan_fp(s)) for s in PARENTS[1:]]
+    assert np.median(sims) > 0.15 > max(unrelated) and max(sims) > 0.6
+    # accept, max_tokens and the parents' weights are the caller's.
+    no_s = selfies_edits(PARENTS, 20, np.random.default_rng(7), ALPHABET, accept=lambda s: "S" not in s)
+    assert no_s and all("S" not in s for s in no_s)
+    short = selfies_edits(PARENTS, 20, np.random.default_rng(7), ALPHABET, max_tokens=12)
+    assert short and all(len(split_selfies(smiles_to_selfies(s))) <= 14 for s in short)
+    chain, fluoro = "CCCCCCCCCCCC", "FC(F)(F)C(F)(F)C(F)(F)C(F)(F)C(F)(F)C(F)(F)F"
+    only_chain = selfies_edits([chain, fluoro], 20, np.random.default_rng(0), ALPHABET, weights=[1.0, 0.0])
+    assert only_chain and all(s.count("F") <= 2 for s in only_chain)
+    with pytest.raises(ValueError, match="parent weights"):
+        selfies_edits([chain, fluoro], 4, np.random.default_rng(0), ALPHABET, weights=[0.0, 0.0])
+
+
+@pytest.mark.parametrize("parents", [
+    [], [""], ["not a smiles", "C1CC", None, 42], ["C"], ["[U]", "[Xe]", "[Na+].[Cl-]"], ["C" * 5000],
+    ["c1ccccc1" * 20], ["[NH4+]", "C[N+](C)(C)C", "[O-]C(=O)C"],
+])
+def test_selfies_edits_of_hostile_parents_are_sane_or_none(parents):
+    kids = selfies_edits(parents, 8, np.random.default_rng(0), ALPHABET)
+    assert len(kids) <= 8 and len(set(kids)) == len(kids)
+    for s in kids:
+        _sane(Chem.MolFromSmiles(s))
+    assert selfies_edits(parents, 8, np.random.default_rng(0), []) == []
+    assert selfies_edits(parents, 0, np.random.default_rng(0), ALPHABET) == []

@@ -10,7 +10,11 @@ writes:
   new bonds, so that a ring is built of pieces of both (a pyridine's N into a toluene's ring),
   which no cut at an acyclic bond can make;
 - *mutation*: one edit of the graph (change an element, add an atom, insert one into a bond,
-  remove one, change a bond order, close a 5- or 6-ring, open a ring).
+  remove one, change a bond order, close a 5- or 6-ring, open a ring);
+- *SELFIES edits* (:func:`selfies_edits`): replace, insert or delete one token of a parent's
+  SELFIES (two a quarter of the time), as STONED does (Nigam et al. 2021). Every token string
+  is a molecule, and an edit keeps the rest of the string, so the child is the parent with
+  one local change that a graph edit may not make (a branch moved, a ring bond re-read).
 
 These are the operators of graph GAs (Jensen 2019) and of the GA half of Genetic GFN (Kim et
 al. 2024), written here on RDKit's editable molecules. RDKit sanitizes every child. A child
@@ -459,6 +463,77 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
         made.add(s)
         if read is not None:
             read[s] = mol
+        if accept is not None and not accept(s):
+            continue
+        out.append(s)
+    return out
+
+
+#: Share of SELFIES children that get a second edit (STONED's one- and two-token mutants).
+TWO_EDITS = 0.25
+
+
+def selfies_edits(parents: Sequence[str], n: int, rng: np.random.Generator, alphabet: Sequence[str],
+                  known: Container[str] = (), weights: Sequence[float] | None = None,
+                  max_tokens: int | None = None, accept: Callable[[str], bool] | None = None,
+                  tries_per_child: int = 10) -> list[str]:
+    """Up to ``n`` new molecules (canonical SMILES, none in ``known`` or among the parents, no
+    repeats), each a parent's SELFIES (parents drawn uniformly, or with probabilities
+    ``weights``) with one token replaced, inserted or deleted, a second edit with probability
+    :data:`TWO_EDITS` (parents over :data:`MAX_PARENT_ATOMS` atoms are skipped); new tokens are drawn uniformly from ``alphabet`` (a model's vocabulary:
+    the child is then a string it can write). Edits longer than ``max_tokens`` are dropped, as
+    are children of more than one fragment, those ``accept`` refuses, and those with fewer
+    than half their parent's heavy atoms (at least 2): deleting a branch or ring token of a
+    SELFIES string can cut off most of the molecule, a fragment that wastes an oracle call."""
+    from ..tokens import EncodeError, selfies_to_canonical, smiles_to_selfies, split_selfies
+
+    if n <= 0 or not parents or not alphabet:
+        return []
+    if weights is not None and len(weights) != len(parents):
+        raise ValueError(f"{len(weights)} weights for {len(parents)} parents")
+    tokens: list[list[str]] = []
+    smallest: list[int] = []
+    keep: list[float] = []
+    made: set[str] = set()   # the parents, then the children
+    for i, s in enumerate(parents):
+        mol = chem.to_mol(s) if isinstance(s, str) else None
+        if mol is not None and mol.GetNumAtoms() > MAX_PARENT_ATOMS:
+            continue
+        try:
+            t = split_selfies(smiles_to_selfies(s)) if mol is not None else []
+        except EncodeError:
+            t = []
+        if t:
+            tokens.append(t)
+            smallest.append(max(2, mol.GetNumHeavyAtoms() // 2))
+            keep.append(1.0 if weights is None else float(weights[i]))
+            made.add(Chem.MolToSmiles(mol))
+    if not tokens:
+        return []
+    p = np.asarray(keep, dtype=float)
+    if not np.all(np.isfinite(p)) or (p < 0).any() or p.sum() <= 0:
+        raise ValueError("parent weights must be finite, >= 0 and not all 0")
+    draw = _drawer(p / p.sum(), rng)
+    out: list[str] = []
+    for _ in range(tries_per_child * n):
+        if len(out) >= n:
+            break
+        j = draw()
+        t = list(tokens[j])
+        for _ in range(2 if rng.random() < TWO_EDITS else 1):
+            op = int(rng.integers(3))
+            if op == 1 or len(t) < 2:        # insert (also where a delete would leave nothing)
+                t.insert(int(rng.integers(len(t) + 1)), alphabet[int(rng.integers(len(alphabet)))])
+            elif op == 0:                    # replace
+                t[int(rng.integers(len(t)))] = alphabet[int(rng.integers(len(alphabet)))]
+            else:                            # delete
+                del t[int(rng.integers(len(t)))]
+        if max_tokens is not None and len(t) > max_tokens:
+            continue
+        s = selfies_to_canonical("".join(t))
+        if s is None or "." in s or s in made or s in known or not chem.is_valid_molecule(s, smallest[j]):
+            continue
+        made.add(s)
         if accept is not None and not accept(s):
             continue
         out.append(s)

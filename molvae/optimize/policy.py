@@ -24,7 +24,9 @@ model's vocabulary and length; the ledger records them with trial -2 (:data:`GRA
 With ``screen`` > 1 it makes that many times more children and keeps the ones a Gaussian
 process fitted on the ledger ranks highest (:mod:`molvae.optimize.surrogate`). With
 ``policy_screen`` > 1 the policy's samples are screened by the same GP: that many times
-``policy`` are decoded and the new ones it ranks highest are kept.
+``policy`` are decoded and the new ones it ranks highest are kept. With ``edits`` > 0 each
+batch also holds that many SELFIES token edits of the pool (:func:`molvae.optimize.mutate.
+selfies_edits`, ledger trial -3, :data:`EDIT_TRIAL`), screened like the graph children.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ import numpy as np
 
 from .ledger import MoleculeLog
 from .loop import _decode, _Stats
-from .mutate import offspring
+from .mutate import offspring, selfies_edits
 from .surrogate import TanimotoGP
 
 POLICY_TRIAL = -1   # the ledger's trial number of a policy sample
 GRAPH_TRIAL = -2    # ... and of a graph crossover/mutation child
+EDIT_TRIAL = -3     # ... and of a SELFIES token edit
 
 
 def generic_framework(smiles: str) -> str:
@@ -70,7 +73,7 @@ class PolicyProposer:
                  parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0,
                  niche: int = 0, frameworks: dict[str, str] | None = None, jitter: float = 0.0,
                  screen: int = 1, surrogate: TanimotoGP | None = None, policy_screen: int = 1,
-                 donors: list | None = None, donor: float = 0.0, donor_top: int = 0):
+                 donors: list | None = None, donor: float = 0.0, donor_top: int = 0, edits: int = 0):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -100,6 +103,8 @@ class PolicyProposer:
         self.donors = donors or []    # training molecules for donor crossovers (mutate.donor_parents)
         self.donor = donor            # share of the graph crossovers with a donor as second parent
         self.donor_top = donor_top    # > 0: only the donors the GP's mean ranks highest, this many
+        self.edits = edits            # SELFIES token edits of the pool per batch
+        self._edits: list[str] = []   # the current batch's
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -184,11 +189,13 @@ class PolicyProposer:
                 self._children = offspring(top, self.graph, grng, known=self.mlog.index, accept=self._fits,
                                            weights=self._weights(len(top)), mutation=self.mutation,
                                            ring=self.ring_crossover, donors=self.donors, donor=self.donor)
+        self._edits = self._selfies_edits(top) if self.edits and top else []
         stats.time["sampler"] += time.perf_counter() - t
         extra = [POLICY_TRIAL] * (self.policy if parents is not None else 0) \
-            + [GRAPH_TRIAL] * len(self._children)
+            + [GRAPH_TRIAL] * len(self._children) + [EDIT_TRIAL] * len(self._edits)
+        made = len(self._children) + len(self._edits)
         if parents is None:
-            zc = np.zeros((len(self._children), np.shape(z)[1]))  # placeholders: not decoded
+            zc = np.zeros((made, np.shape(z)[1]))  # placeholders: not decoded
             return list(trials) + [None] * len(extra), list(numbers) + extra, \
                 np.concatenate([np.asarray(z, dtype=np.float64), zc])
         rng = np.random.default_rng([self.seed, self.round, len(self.mlog)])
@@ -206,15 +213,15 @@ class PolicyProposer:
         if self.jitter > 0:
             # Drawn last, so runs without jitter draw exactly as before.
             zp = zp + self.jitter * rng.standard_normal(zp.shape)
-        zc = np.zeros((len(self._children), zp.shape[1]))  # placeholders: not decoded
+        zc = np.zeros((made, zp.shape[1]))  # placeholders: not decoded
         return list(trials) + [None] * len(extra), list(numbers) + extra, \
             np.concatenate([np.asarray(z, dtype=np.float64), zp.astype(np.float64), zc])
 
     def decode(self, model, z: np.ndarray) -> list[str | None]:
         # The sampler's points greedy and the policy's sampled, in one batch: a batch of 32
         # decodes ~1.4x faster per molecule than two of 16 on a CPU. The graph children
-        # (the last rows) are molecules already.
-        z = z[:len(z) - len(self._children)]
+        # and the SELFIES edits (the last rows) are molecules already.
+        z = z[:len(z) - len(self._children) - len(self._edits)]
         if len(z) == self._n:
             smiles = _decode(model, z) if len(z) else []
         else:
@@ -222,7 +229,29 @@ class PolicyProposer:
             smiles = _decode(model, z, temperature=self.temperature, seed=self._decode_seed, greedy=greedy)
             if self._sampled > self.policy:
                 smiles = smiles[:self._n] + self._screen_samples(smiles[:self._n], smiles[self._n:])
-        return list(smiles) + list(self._children)
+        return list(smiles) + list(self._children) + list(self._edits)
+
+    def _selfies_edits(self, top: list[str]) -> list[str]:
+        """This batch's ``edits`` SELFIES token edits of the pool, new to the ledger and the
+        graph children, that the model can write; with the screen on, made ``screen`` times
+        over and the ones the GP ranks highest kept."""
+        # Its own stream, so runs without edits draw exactly as before.
+        erng = np.random.default_rng([self.seed, self.round, len(self.mlog), 4])
+        screened = self.screen > 1 and self.surrogate is not None
+        vocab = self.model.vocab
+        made = selfies_edits(top, self.edits * (self.screen if screened else 1), erng,
+                             alphabet=vocab.tokens[3:], known=self.mlog.index,
+                             weights=self._weights(len(top)), max_tokens=vocab.max_len)
+        taken = set(self._children)
+        made = [s for s in made if s not in taken]
+        ranked = made if not screened or len(made) < 2 or self._fitted() is None else self._fit.rank(made)
+        out = []
+        for s in ranked:
+            if len(out) >= self.edits:
+                break
+            if self._fits(s):
+                out.append(s)
+        return out
 
     def _donors(self) -> list:
         """The donors this batch's crossovers draw from: all, or with ``donor_top`` the ones
@@ -251,7 +280,7 @@ class PolicyProposer:
         """``policy`` of the ``sampled`` decodes: the new ones (not in the ledger, the batch
         or the graph children) the GP ranks highest, then, should too few be new, the others
         in their order, which the loop counts as repeats or invalid as before."""
-        taken = set(self._children) | {s for s in latent if s is not None}
+        taken = set(self._children) | set(self._edits) | {s for s in latent if s is not None}
         new: list[str] = []
         for s in sampled:
             if s is not None and s not in taken and s not in self.mlog.index:

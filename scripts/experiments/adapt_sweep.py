@@ -75,7 +75,8 @@ def run(job):
         n = int(budget * frac)
         row[f"auc@{n}"] = round(top_k_auc(scores[:n], 10, n), 4)
     if "trial" in df.columns:  # where the molecules came from: sampler (trial >= 0), policy -1, graph -2
-        source = np.select([df["trial"] >= 0, df["trial"] == -1, df["trial"] == -2], ["sampler", "policy", "graph"], "other")
+        source = np.select([df["trial"] >= 0, df["trial"] == -1, df["trial"] == -2, df["trial"] == -3],
+                           ["sampler", "policy", "graph", "edits"], "other")
         ranked = source[np.argsort(-df["score"].to_numpy(float), kind="stable")]
         for key, rows in (("molecules", source), ("top10_from", ranked[:10]), ("top100_from", ranked[:100])):
             names, counts = np.unique(rows, return_counts=True)
