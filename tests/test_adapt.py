@@ -461,26 +461,33 @@ def test_adapt_spec_sets_any_adaptation_setting_by_name(tiny_model, tmp_path):
     assert table.attrs["summary"]["adapt_oracle_calls"][0] == 8
 
 
+def _same_run_twice(model, tmp_path, spec, budget):
+    """The ledger of a seeded run of ``spec`` in ``tmp_path / "a"``, after checking that a
+    second run of it (``tmp_path / "b"``) scored the same molecules in the same order, each
+    once, and numbered the oracle calls without a gap."""
+    runs = []
+    for name in ("a", "b"):
+        optimize(model, "qed", budget=budget, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                 out_dir=tmp_path / name, progress=False)
+        runs.append(pd.read_csv(tmp_path / name / "molecules.csv"))
+    pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
+    df = runs[0]
+    assert list(df["oracle_call"]) == list(range(1, budget + 1)) and df["smiles"].is_unique
+    return df
+
+
 def test_policy_samples_variants_of_the_best_beside_the_search(tiny_model, tmp_path):
     """``policy=N`` adds N molecules per batch, sampled from the (adapted) decoder at the
     codes of the best so far: they reach the ledger as trial -1, the sampler hears only its
     own points, and the same seed gives the same run."""
     spec = "retrain:policy=4/pool=8/temperature=1.5/radius=8.0/molecules=16/after_plateau=none/graph=0"
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        table = optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt=spec, adapt_every=16,
-                         out_dir=out, progress=False)
-        runs.append(pd.read_csv(out / "molecules.csv"))
-    df = runs[0]
-    assert list(df["oracle_call"]) == list(range(1, 41)) and df["smiles"].is_unique
+    df = _same_run_twice(tiny_model, tmp_path, spec, 40)
     policy = df[df["trial"] == -1]
     assert len(policy) > 0 and (df["trial"] >= 0).sum() > 0
     assert df.loc[df["trial"] >= 0, "trial"].is_unique           # one sampler trial per molecule
-    pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert (run["adapt"]["policy"], run["adapt"]["pool"], run["adapt"]["temperature"]) == (4, 8, 1.5)
-    assert table.attrs["summary"]["adapt_oracle_calls"][0] == 16
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["adapt_oracle_calls"][0] == 16
 
     # policy_from_start=false: the first round is the latent search alone.
     out = tmp_path / "late"
@@ -507,15 +514,8 @@ def test_rank_weighted_parents_favour_the_best_and_run_seeded(tiny_model, tmp_pa
     assert weights(0.01, 64, 3).shape == (3,)                 # a pool not yet full
 
     spec = "retrain:policy=4/graph=4/pool=8/parent_k=0.01/radius=8.0/molecules=16/after_plateau=none"
-    runs = []
-    for name in ("a", "b"):
-        optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt=spec, adapt_every=16,
-                 out_dir=tmp_path / name, progress=False)
-        runs.append(pd.read_csv(tmp_path / name / "molecules.csv"))
-    df = runs[0]
-    assert list(df["oracle_call"]) == list(range(1, 41)) and df["smiles"].is_unique
+    df = _same_run_twice(tiny_model, tmp_path, spec, 40)
     assert (df["trial"] == -1).sum() > 0 and (df["trial"] == -2).sum() > 0
-    pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
     assert json.loads((tmp_path / "a" / "run.json").read_text())["adapt"]["parent_k"] == 0.01
 
 
@@ -556,19 +556,11 @@ def test_graph_children_of_the_best_join_the_batches(tiny_model, tmp_path):
     the same seed gives the same run; without the policy the batches hold no sampled ones."""
     spec = "retrain:policy=0/graph=4/pool=8/radius=8.0/molecules=16/after_plateau=none"
     late = spec + "/graph_from_start=false"
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        optimize(tiny_model, "qed", budget=48, batch_size=4, seed=3, adapt=late, adapt_every=16,
-                 out_dir=out, progress=False)
-        runs.append(pd.read_csv(out / "molecules.csv"))
-    df = runs[0]
-    assert list(df["oracle_call"]) == list(range(1, 49)) and df["smiles"].is_unique
+    df = _same_run_twice(tiny_model, tmp_path, late, 48)
     children = df[df["trial"] == -2]
     assert len(children) > 0 and (df["trial"] == -1).sum() == 0
     assert (df["trial"].head(16) >= 0).all()          # the first round is the latent search alone
     assert all(tiny_model.vocab.try_encode(s)[0] is not None for s in children["smiles"])
-    pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["adapt"]["graph"] == 4 and run["adapt"]["mutation"] == 0.5
 
@@ -613,17 +605,10 @@ def test_selfies_edits_of_the_best_join_the_batches_screened(tiny_model, tmp_pat
     like the graph children: they reach the ledger as trial -3, new, written in the model's
     vocabulary; the same seed gives the same run, and the setting reaches run.json."""
     spec = "retrain:policy=0/graph=4/edits=4/screen=4/pool=8/radius=8.0/molecules=16/after_plateau=none"
-    runs = []
-    for name in ("a", "b"):
-        optimize(tiny_model, "qed", budget=64, batch_size=4, seed=3, adapt=spec, adapt_every=16,
-                 out_dir=tmp_path / name, progress=False)
-        runs.append(pd.read_csv(tmp_path / name / "molecules.csv"))
-    df = runs[0]
-    assert list(df["oracle_call"]) == list(range(1, 65)) and df["smiles"].is_unique
+    df = _same_run_twice(tiny_model, tmp_path, spec, 64)
     edits = df[df["trial"] == -3]
     assert len(edits) > 0 and (df["trial"] == -2).sum() > 0 and (df["trial"] == -1).sum() == 0
     assert all(tiny_model.vocab.try_encode(s)[0] is not None for s in edits["smiles"])
-    pd.testing.assert_frame_equal(runs[0].drop(columns="seconds"), runs[1].drop(columns="seconds"))
     assert json.loads((tmp_path / "a" / "run.json").read_text())["adapt"]["edits"] == 4
     # The GP keeps the edits it ranks highest: with the screen off the same batches hold others.
     optimize(tiny_model, "qed", budget=64, batch_size=4, seed=3, adapt=spec.replace("screen=4", "screen=1"),

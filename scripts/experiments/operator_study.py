@@ -20,35 +20,27 @@ import os
 import sys
 
 import numpy as np
-import pandas as pd
 
 from molvae import pmo
 from molvae.model import load_model
 from molvae.optimize.mutate import offspring, selfies_edits
 from molvae.optimize.surrogate import TanimotoGP
 
-KEEP, POOL = 32, 64
+from screen_study import KEEP, ledger_cuts, parents_at  # the same cuts, parents and 10th best
+
 MADE = int(os.environ.get("MADE", 128))
 
 
 def main():
-    path, task = sys.argv[1], sys.argv[2]
-    led = pd.read_csv(path).sort_values("oracle_call")
-    smiles, scores = led["smiles"].tolist(), led["score"].to_numpy(float)
-    cuts = [int(x) for x in sys.argv[3].split(",")] if len(sys.argv) > 3 else list(range(500, len(led), 250))
+    task = sys.argv[2]
+    smiles, scores, cuts = ledger_cuts(sys.argv)
     sources = os.environ.get("SOURCES", "graph,stoned,mix").split(",")
     oracle = pmo.oracle(task)
     vocab = load_model().vocab
     alphabet = [t for t in vocab.tokens[3:]]
     tot = {}
     for cut in cuts:
-        s, y = smiles[:cut], scores[:cut]
-        ok = np.isfinite(y)
-        order = np.argsort(-np.where(ok, y, -np.inf), kind="stable")[:POOL]
-        top = [s[i] for i in order]
-        w = 1.0 / (0.01 * POOL + np.arange(len(top)))
-        w = w / w.sum()
-        tenth = np.sort(y[ok])[-10]
+        s, y, top, w, tenth = parents_at(smiles, scores, cut)
         g = offspring(top, MADE, np.random.default_rng([cut, 1]), known=set(s), weights=w)
         st = selfies_edits(top, MADE, np.random.default_rng([cut, 2]), alphabet, known=set(s), weights=w,
                            max_tokens=vocab.max_len)

@@ -138,24 +138,35 @@ def variants():
     }
 
 
-def main():
-    path, task = sys.argv[1], sys.argv[2]
-    led = pd.read_csv(path).sort_values("oracle_call")
+def ledger_cuts(argv):
+    """The ledger's SMILES and scores in oracle order, and the cuts (argv[3] or every 250 from 500)."""
+    led = pd.read_csv(argv[1]).sort_values("oracle_call")
     smiles, scores = led["smiles"].tolist(), led["score"].to_numpy(float)
-    cuts = [int(x) for x in sys.argv[3].split(",")] if len(sys.argv) > 3 else list(range(500, len(led), 250))
+    cuts = [int(x) for x in argv[3].split(",")] if len(argv) > 3 else list(range(500, len(led), 250))
+    return smiles, scores, cuts
+
+
+def parents_at(smiles, scores, cut):
+    """At ``cut``: the molecules scored so far, their scores, the best POOL as parents with
+    the search's rank weights, and the ledger's 10th best score."""
+    s, y = smiles[:cut], scores[:cut]
+    ok = np.isfinite(y)
+    top = [s[i] for i in np.argsort(-np.where(ok, y, -np.inf), kind="stable")[:POOL]]
+    w = 1.0 / (0.01 * POOL + np.arange(len(top)))
+    return s, y, top, w / w.sum(), np.sort(y[ok])[-10]
+
+
+def main():
+    task = sys.argv[2]
+    smiles, scores, cuts = ledger_cuts(sys.argv)
     oracle = pmo.oracle(task)
     only = os.environ.get("VARIANTS")  # e.g. VARIANTS=base,bucb: a comma list of variants() keys
     gps = {k: f() for k, f in variants().items() if not only or k in only.split(",")}
     tot: dict[str, np.ndarray] = {}
     for cut in cuts:
-        s, y = smiles[:cut], scores[:cut]
-        ok = np.isfinite(y)
-        order = np.argsort(-np.where(ok, y, -np.inf), kind="stable")[:POOL]
-        top = [s[i] for i in order]
-        w = 1.0 / (0.01 * POOL + np.arange(len(top)))
-        kids = offspring(top, MADE, np.random.default_rng([cut, 1]), known=set(s), weights=w / w.sum())
+        s, y, top, w, tenth = parents_at(smiles, scores, cut)
+        kids = offspring(top, MADE, np.random.default_rng([cut, 1]), known=set(s), weights=w)
         truth = dict(zip(kids, np.asarray(oracle(kids), dtype=float)))
-        tenth = np.sort(y[ok])[-10]
 
         def rec(name, chosen):
             v = np.array([truth[c] for c in chosen[:KEEP]])
