@@ -306,7 +306,9 @@ class AdaptConfig:
     # like the graph children, beside them. Offline (scripts/experiments/operator_study.py) the
     # GP's 32 of 128 edits beat the ledger's 10th best more often than its 32 of 128 graph
     # children on the MPOs (amlodipine 3.8 against 1.8, sitagliptin 4.6 against 2.6), less
-    # often on median2, celecoxib and troglitazone. 0: none.
+    # often on median2, celecoxib and troglitazone. In the search, 16 a batch: +0.302 and
+    # -0.431 on the 19 PMO tasks without valsartan, seeds 0-1 (paired t -0.18; thiothixene
+    # -0.18 and -0.22, sitagliptin +0.05 and +0.08; docs/benchmarks.md). 0: none.
     edits: int = 0
 
     def __post_init__(self):
