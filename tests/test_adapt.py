@@ -669,6 +669,69 @@ def test_own_donors_feed_the_crossovers_and_bad_rows_go_to_a_rejects_file(tiny_m
     assert sorted(more["oracle_call"]) == list(range(1, 61)) and more["smiles"].is_unique
 
 
+class Gated:
+    """An objective that tells nothing apart at first, as a SMARTS gate does (valsartan's
+    scores 0 until its pattern appears): 0 for the first ``flat`` molecules, QED after."""
+
+    def __init__(self, flat: int):
+        self.flat, self.seen = flat, 0
+
+    def __call__(self, smiles):
+        out = []
+        for s in smiles:
+            self.seen += 1
+            out.append(0.0 if self.seen <= self.flat else chem.PROPERTIES["qed"](chem.to_mol(s)))
+        return out
+
+
+@pytest.mark.parametrize("scores, flat", [
+    ([], False), ([float("nan")] * 3, False), ([0.0], True), ([0.0, 0.0, float("nan"), 0.0], True),
+    ([0.0, 0.0, 1e-15], False), ([0.3, 0.3], True), ([float("-inf"), 0.0], True), ([-1e308, 1e308], False),
+])
+def test_no_signal_means_every_finite_score_so_far_is_equal(scores, flat):
+    from molvae.optimize.policy import no_signal
+
+    assert no_signal(scores) is flat
+
+
+def test_flat_donors_breed_the_donors_while_every_score_is_equal(tiny_model, train_smiles, tmp_path):
+    """``flat_donors``: while all scores are equal the GA's parents are random donors, so its
+    children carry the donors' groups (sulfonamides here) that the first molecules scored
+    lack; it also takes the policy's share, the rounds neither fine-tune nor move the region,
+    the same seed gives the same run, and once the scores differ the search is the default's."""
+    lib = [s for s in train_smiles[1000:20000] if chem.to_mol(s).HasSubstructMatch(SULFONAMIDE)][:200]
+    spec = "retrain:policy=4/graph=4/pool=8/radius=8.0/molecules=16/after_plateau=none/donor=0.0001"
+
+    def run(name, extra, flat):
+        return optimize(tiny_model, Gated(flat), budget=64, batch_size=4, seed=3, adapt=spec + extra,
+                        adapt_every=16, out_dir=tmp_path / name, donors=lib, progress=False)
+
+    blind = run("blind", "/flat_donors=true", 10**9)
+    again = run("again", "/flat_donors=true", 10**9)
+    pd.testing.assert_frame_equal(blind.drop(columns="seconds"), again.drop(columns="seconds"))
+    plain = run("plain", "", 10**9)
+    kids, plain_kids = blind.loc[blind["trial"] == -2, "smiles"], plain.loc[plain["trial"] == -2, "smiles"]
+    assert _sulfonamide_share(kids) > _sulfonamide_share(plain_kids) + 0.3
+    assert (blind["trial"] == -1).sum() == 0 < (plain["trial"] == -1).sum()   # no policy samples
+    assert len(kids) > len(plain_kids)                                      # the GA took their share
+    assert sorted(blind["oracle_call"]) == list(range(1, 65)) and blind["smiles"].is_unique
+    assert json.loads((tmp_path / "blind" / "run.json").read_text())["adapt"]["flat_donors"] is True
+    rounds = json.loads((tmp_path / "blind" / "adapt" / "state.json").read_text())["history"]
+    assert rounds and all(r.get("flat") and r["loss"] is None for r in rounds)
+    from safetensors.torch import load_file
+
+    state = json.loads((tmp_path / "blind" / "adapt" / "state.json").read_text())
+    weights = load_file(str(tmp_path / "blind" / "adapt" / state["weights"]))
+    shipped = tiny_model.module.state_dict()
+    assert all(torch.equal(weights[k], shipped[k].cpu()) for k in weights)   # nothing learned
+
+    # Scores differ from call 20 on: the rounds learn again and the policy's samples return.
+    gated = run("gated", "/flat_donors=true", 20)
+    rounds = json.loads((tmp_path / "gated" / "adapt" / "state.json").read_text())["history"]
+    assert rounds[0].get("flat") and not rounds[-1].get("flat") and rounds[-1]["loss"] is not None
+    assert (gated.loc[gated["oracle_call"] > 32, "trial"] == -1).sum() > 0
+
+
 def test_read_donors_draws_a_large_library_by_seed_and_keeps_each_molecule_once():
     from molvae.optimize.adapt import read_donors
 
@@ -904,6 +967,9 @@ def test_bench_finetune_times_both_precisions_on_the_same_draws(tiny_model_dir, 
     ("retrain:donor_top=-1", r"donor_top must be a whole number from 0 \(all\) to 4,096"),
     ("retrain:donor_top=100000", r"donor_top must be a whole number from 0 \(all\) to 4,096"),
     ("retrain:donor_top=0.5", r"donor_top must be a whole number"),
+    ("retrain:flat_donors=maybe", r"flat_donors must be true or false, got 'maybe'"),
+    ("retrain:flat_donors=1", r"flat_donors must be true or false"),
+    ("retrain:flat_donors=true/graph=0", r"flat_donors breeds the graph GA's children: it needs graph > 0"),
 ])
 def test_bad_adapt_specs_are_clear_errors(spec, match):
     from molvae.optimize.adapt import parse_adapt

@@ -137,7 +137,7 @@ import numpy as np
 from ..errors import MolvaeError
 from .ledger import MoleculeLog
 from .loop import MAX_BATCH_SIZE, _OptunaProposer, _search, _Settings, _Stats
-from .policy import PolicyProposer
+from .policy import PolicyProposer, no_signal
 from .region import SearchSpace, fit_latent_pca, trust_region
 from .storage import _Mirror
 from .surrogate import TanimotoGP
@@ -160,7 +160,7 @@ ADDED_SETTINGS = {"policy": 0, "pool": 64, "temperature": 1.0, "policy_from_star
                   "graph_from_start": False, "parent_k": 0.0, "mutation": 0.5,
                   "ring_crossover": 0.0, "niche": 0, "jitter": 0.0, "screen": 1,
                   "policy_screen": 1, "gp_counts": False, "donor": 0.0, "donor_top": 0,
-                  "gp_descriptors": False, "edits": 0}
+                  "gp_descriptors": False, "edits": 0, "flat_donors": False}
 #: Settings that take a whole number of oracle calls or ``none`` (off).
 CALL_SETTINGS = ("after_plateau", "backoff")
 #: A round counts as progress when the running top-10 mean rose by more than this (relative
@@ -310,6 +310,14 @@ class AdaptConfig:
     # -0.431 on the 19 PMO tasks without valsartan, seeds 0-1 (paired t -0.18; thiothixene
     # -0.18 and -0.22, sitagliptin +0.05 and +0.08; docs/benchmarks.md). 0: none.
     edits: int = 0
+    # While every score so far is equal (a gated objective: valsartan's SMARTS scores 0 until
+    # its pattern appears), the GA breeds a fresh random ``pool`` of the donors each batch
+    # instead of the first molecules scored, takes the policy's share of the batch too, and
+    # the rounds neither fine-tune nor move the region (equal scores teach nothing). Once
+    # scores differ, the search is the default's. Offline, GA children of random pools of
+    # MOSES molecules hold valsartan's pattern 1-3 times in 10,000, 4-10x MOSES's own rate
+    # (docs/benchmarks.md). False: the first ``pool`` molecules scored breed for the whole run.
+    flat_donors: bool = False
 
     def __post_init__(self):
         if self.method not in ADAPT_METHODS:
@@ -334,9 +342,11 @@ class AdaptConfig:
             raise MolvaeError(f"adapt policy_screen must be a whole number from 1 (off) to {MAX_SCREEN}, "
                               f"got {self.policy_screen!r}")
         for name in ("decoder_only", "policy_from_start", "graph_from_start", "restart", "gp_counts",
-                     "gp_descriptors"):
+                     "gp_descriptors", "flat_donors"):
             if not isinstance(getattr(self, name), bool):
                 raise MolvaeError(f"adapt {name} must be true or false, got {getattr(self, name)!r}")
+        if self.flat_donors and self.graph == 0:
+            raise MolvaeError("adapt flat_donors breeds the graph GA's children: it needs graph > 0")
         if isinstance(self.niche, bool) or not isinstance(self.niche, int) or not 0 <= self.niche <= MAX_MOLECULES:
             raise MolvaeError(f"adapt niche must be a whole number from 0 (off) to {MAX_MOLECULES:,}, got {self.niche!r}")
         if isinstance(self.donor_top, bool) or not isinstance(self.donor_top, int) or not 0 <= self.donor_top <= DONORS:
@@ -600,9 +610,9 @@ class Adapter:
         if donors is not None:  # the caller's own (read_donors), else the bundled MOSES sample
             from .mutate import donor_parents
 
-            self._donors = donor_parents(donors) if config.donor > 0 else []
+            self._donors = donor_parents(donors) if config.donor > 0 or config.flat_donors else []
         else:
-            self._donors = donor_set(seed) if config.donor > 0 else []
+            self._donors = donor_set(seed) if config.donor > 0 or config.flat_donors else []
         self._progress = TopProgress()
 
     def proposer(self, inner, mlog: MoleculeLog):
@@ -619,7 +629,7 @@ class Adapter:
                               self.round, self._codes, c.crossover, graph, self._encoded, c.parent_k,
                               c.mutation, c.ring_crossover, c.niche, self._frameworks, c.jitter,
                               c.screen, self._surrogate if c.screen > 1 or c.policy_screen > 1 else None,
-                              c.policy_screen, self._donors, c.donor, c.donor_top, edits)
+                              c.policy_screen, self._donors, c.donor, c.donor_top, edits, c.flat_donors)
 
     # ---------------------------------------------------------------- files
 
@@ -700,22 +710,33 @@ class Adapter:
         self.round += 1
         self.calls.append(len(mlog))
         bf16 = bool(getattr(self.model, "finetune_bf16", False))
-        fit = finetune(self.model, smiles, scores, self.config, seed=_round_seed(self.seed, self.round),
-                       encoded=self._encoded, bf16=bf16)
+        flat = self.config.flat_donors and no_signal(scores)
+        if flat:
+            # Rank weights over equal scores would teach the decoder the first molecules
+            # scored, and the region would close on the first of them: nothing to learn yet.
+            fit = {"loss": float("nan"), "molecules_per_s": 0.0}
+        else:
+            fit = finetune(self.model, smiles, scores, self.config, seed=_round_seed(self.seed, self.round),
+                           encoded=self._encoded, bf16=bf16)
         if not self.config.decoder_only:
             self._codes.clear()  # the encoder learned too: the policy's parents encode anew
         if restart:
-            space = self._region(smiles, scores, space)
+            if not flat:
+                space = self._region(smiles, scores, space)
             self.stream = self.round
         self.history.append({"round": self.round, "oracle_call": len(mlog),
                              "loss": fit["loss"] if math.isfinite(fit["loss"]) else None,
                              "molecules_per_s": round(fit["molecules_per_s"], 1),
                              "seconds": round(time.perf_counter() - t, 2),
-                             **({"bf16": True} if bf16 else {}),
+                             **({"bf16": True} if bf16 and not flat else {}),
+                             **({"flat": True} if flat else {}),
                              **({"after_stall": True} if stalled else {})})
         if self.dir is not None:
             self._save(space)
-        if math.isfinite(fit["loss"]):
+        if flat:
+            log.info("adaptation round %d at oracle call %d: every score so far is equal, weights and "
+                     "region unchanged", self.round, len(mlog))
+        elif math.isfinite(fit["loss"]):
             log.info("adaptation round %d at oracle call %d: loss %.2f, %.0f mol/s, %.1f s", self.round,
                      len(mlog), fit["loss"], fit["molecules_per_s"], time.perf_counter() - t)
         else:

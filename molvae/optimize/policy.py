@@ -27,6 +27,12 @@ process fitted on the ledger ranks highest (:mod:`molvae.optimize.surrogate`). W
 ``policy`` are decoded and the new ones it ranks highest are kept. With ``edits`` > 0 each
 batch also holds that many SELFIES token edits of the pool (:func:`molvae.optimize.mutate.
 selfies_edits`, ledger trial -3, :data:`EDIT_TRIAL`), screened like the graph children.
+
+With ``flat_donors``, while every score so far is equal (:func:`no_signal`: a gated objective
+such as valsartan's SMARTS scores 0 until its pattern appears) the pool carries no
+information, so the GA breeds a fresh random ``pool`` of the donors each batch instead, and
+makes the policy's share of the batch too: children of unrelated training molecules join
+groups that no molecule scored so far has, the one way a blind search can meet the gate.
 """
 
 from __future__ import annotations
@@ -43,6 +49,15 @@ from .surrogate import TanimotoGP
 POLICY_TRIAL = -1   # the ledger's trial number of a policy sample
 GRAPH_TRIAL = -2    # ... and of a graph crossover/mutation child
 EDIT_TRIAL = -3     # ... and of a SELFIES token edit
+
+
+def no_signal(scores) -> bool:
+    """Whether the objective has not told molecules apart yet: at least one finite score and
+    all of them equal, as a gated objective scores 0 until its gate is met. Ranking or
+    learning from such scores would only follow the order they came in."""
+    s = np.asarray(scores, dtype=float)
+    s = s[np.isfinite(s)]
+    return bool(len(s)) and bool(np.all(s == s[0]))
 
 
 def generic_framework(smiles: str) -> str:
@@ -73,7 +88,8 @@ class PolicyProposer:
                  parent_k: float = 0.0, mutation: float = 0.5, ring_crossover: float = 0.0,
                  niche: int = 0, frameworks: dict[str, str] | None = None, jitter: float = 0.0,
                  screen: int = 1, surrogate: TanimotoGP | None = None, policy_screen: int = 1,
-                 donors: list | None = None, donor: float = 0.0, donor_top: int = 0, edits: int = 0):
+                 donors: list | None = None, donor: float = 0.0, donor_top: int = 0, edits: int = 0,
+                 flat_donors: bool = False):
         self.inner = inner
         self.model = model
         self.mlog = mlog
@@ -105,6 +121,7 @@ class PolicyProposer:
         self.donor_top = donor_top    # > 0: only the donors the GP's mean ranks highest, this many
         self.edits = edits            # SELFIES token edits of the pool per batch
         self._edits: list[str] = []   # the current batch's
+        self.flat_donors = flat_donors  # equal scores so far: the GA breeds random donors
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -164,30 +181,35 @@ class PolicyProposer:
         trials, numbers, z = self.inner.propose(n, stats)
         self._n = len(z)
         t = time.perf_counter()
-        top = self._top()
-        parents = self._parents(top) if top and self.policy else None
+        flat = self.flat_donors and bool(self.donors) and no_signal(self.mlog.scores)
+        top = self._flat_pool() if flat else self._top()
+        # While flat the policy would only sample near the first molecules scored: its share
+        # of the batch goes to the GA, and the parents are drawn uniformly (ranks mean nothing).
+        parents = self._parents(top) if top and self.policy and not flat else None
+        graph = self.graph + (self.policy if flat else 0)
+        weights = None if flat else self._weights(len(top))
         self._children = []
         self._fit = None
         self._sampled = 0
-        if self.graph and top:
+        if graph and top:
             # Its own stream, so runs without graph children draw exactly as before.
             grng = np.random.default_rng([self.seed, self.round, len(self.mlog), 2])
             if self.screen > 1 and self.surrogate is not None:
                 # Screened before the vocabulary check: SELFIES-encoding a child costs more
                 # than making it, and only the ``graph`` kept need it.
                 read: dict = {}
-                made = offspring(top, self.graph * self.screen, grng, known=self.mlog.index,
-                                 weights=self._weights(len(top)), mutation=self.mutation,
+                made = offspring(top, graph * self.screen, grng, known=self.mlog.index,
+                                 weights=weights, mutation=self.mutation,
                                  ring=self.ring_crossover, read=read, donors=self._donors(), donor=self.donor)
                 ranked = made if len(made) < 2 or self._fitted() is None else self._fit.rank(made, read)
                 for s in ranked:
-                    if len(self._children) >= self.graph:
+                    if len(self._children) >= graph:
                         break
                     if self._fits(s):
                         self._children.append(s)
             else:
-                self._children = offspring(top, self.graph, grng, known=self.mlog.index, accept=self._fits,
-                                           weights=self._weights(len(top)), mutation=self.mutation,
+                self._children = offspring(top, graph, grng, known=self.mlog.index, accept=self._fits,
+                                           weights=weights, mutation=self.mutation,
                                            ring=self.ring_crossover, donors=self.donors, donor=self.donor)
         self._edits = self._selfies_edits(top) if self.edits and top else []
         stats.time["sampler"] += time.perf_counter() - t
@@ -253,17 +275,27 @@ class PolicyProposer:
                 out.append(s)
         return out
 
+    def _donor_smiles(self) -> list[str]:
+        """The donors as SMILES (read once)."""
+        if not hasattr(self, "_donor_smiles_cache"):
+            from rdkit import Chem
+
+            self._donor_smiles_cache = [Chem.MolToSmiles(m) for m, _ in self.donors]
+        return self._donor_smiles_cache
+
+    def _flat_pool(self) -> list[str]:
+        """``pool`` donors drawn at random for this batch (its own stream, seeded like the rest)."""
+        rng = np.random.default_rng([self.seed, self.round, len(self.mlog), 6])
+        smiles = self._donor_smiles()
+        return [smiles[i] for i in rng.permutation(len(smiles))[:self.pool]]
+
     def _donors(self) -> list:
         """The donors this batch's crossovers draw from: all, or with ``donor_top`` the ones
         whose GP mean is highest, the training molecules most like the best scored
         (retrieval, as f-RAG retrieves fragments of its best molecules)."""
         if not (self.donor and self.donor_top and self.donors) or self.surrogate is None or self._fitted() is None:
             return self.donors
-        if not hasattr(self, "_donor_smiles"):
-            from rdkit import Chem
-
-            self._donor_smiles = [Chem.MolToSmiles(m) for m, _ in self.donors]
-        mean = self._fit.predict_mean(self._donor_smiles)
+        mean = self._fit.predict_mean(self._donor_smiles())
         best = np.argsort(-mean, kind="stable")[:self.donor_top]
         return [self.donors[i] for i in best]
 

@@ -71,6 +71,8 @@ def run(job):
            "adapt_s": s.get("time", {}).get("adapt_s"),
            "top10": s["top10_mean"], "rounds": s.get("adapt_rounds"),
            "first_adapt": (s.get("adapt_oracle_calls") or [None])[0]}
+    above = np.flatnonzero(scores > 0)   # a gated task's first hit (valsartan: its pattern)
+    row["first_above_0"] = int(above[0]) + 1 if len(above) else None
     for frac in (0.1, 0.25, 0.5, 1.0):  # 10 %: what a short run would have scored
         n = int(budget * frac)
         row[f"auc@{n}"] = round(top_k_auc(scores[:n], 10, n), 4)
