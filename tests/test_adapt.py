@@ -694,22 +694,31 @@ def test_no_signal_means_every_finite_score_so_far_is_equal(scores, flat):
     assert no_signal(scores) is flat
 
 
-def test_flat_donors_breed_the_donors_while_every_score_is_equal(tiny_model, train_smiles, tmp_path):
+def test_flat_donors_breed_the_donors_while_every_score_is_equal(tiny_model, train_smiles, tmp_path,
+                                                                  monkeypatch):
     """``flat_donors``: while all scores are equal the GA's parents are random donors, so its
     children carry the donors' groups (sulfonamides here) that the first molecules scored
-    lack; it also takes the policy's share, the rounds neither fine-tune nor move the region,
+    lack; it also takes the policy's share, unscreened; the rounds neither fine-tune nor move the region,
     the same seed gives the same run, and once the scores differ the search is the default's."""
     lib = [s for s in train_smiles[1000:20000] if chem.to_mol(s).HasSubstructMatch(SULFONAMIDE)][:200]
     spec = "retrain:policy=4/graph=4/pool=8/radius=8.0/molecules=16/after_plateau=none/donor=0.0001"
+
+    from molvae.optimize.surrogate import TanimotoGP
+
+    screens = []
+    fit_ledger = TanimotoGP.fit_ledger
+    monkeypatch.setattr(TanimotoGP, "fit_ledger", lambda *a, **k: screens.append(1) or fit_ledger(*a, **k))
 
     def run(name, extra, flat):
         return optimize(tiny_model, Gated(flat), budget=64, batch_size=4, seed=3, adapt=spec + extra,
                         adapt_every=16, out_dir=tmp_path / name, donors=lib, progress=False)
 
     blind = run("blind", "/flat_donors=true", 10**9)
+    assert not screens          # equal scores: the GP would keep only the oddest children
     again = run("again", "/flat_donors=true", 10**9)
     pd.testing.assert_frame_equal(blind.drop(columns="seconds"), again.drop(columns="seconds"))
     plain = run("plain", "", 10**9)
+    assert screens              # the default screens them
     kids, plain_kids = blind.loc[blind["trial"] == -2, "smiles"], plain.loc[plain["trial"] == -2, "smiles"]
     assert _sulfonamide_share(kids) > _sulfonamide_share(plain_kids) + 0.3
     assert (blind["trial"] == -1).sum() == 0 < (plain["trial"] == -1).sum()   # no policy samples

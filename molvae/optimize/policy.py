@@ -122,6 +122,7 @@ class PolicyProposer:
         self.edits = edits            # SELFIES token edits of the pool per batch
         self._edits: list[str] = []   # the current batch's
         self.flat_donors = flat_donors  # equal scores so far: the GA breeds random donors
+        self._flat = False            # whether the current batch was made so
 
     def _top(self) -> list[str]:
         """The ``pool`` best molecules of the ledger with a finite score, best first."""
@@ -181,7 +182,7 @@ class PolicyProposer:
         trials, numbers, z = self.inner.propose(n, stats)
         self._n = len(z)
         t = time.perf_counter()
-        flat = self.flat_donors and bool(self.donors) and no_signal(self.mlog.scores)
+        flat = self._flat = self.flat_donors and bool(self.donors) and no_signal(self.mlog.scores)
         top = self._flat_pool() if flat else self._top()
         # While flat the policy would only sample near the first molecules scored: its share
         # of the batch goes to the GA, and the parents are drawn uniformly (ranks mean nothing).
@@ -194,7 +195,10 @@ class PolicyProposer:
         if graph and top:
             # Its own stream, so runs without graph children draw exactly as before.
             grng = np.random.default_rng([self.seed, self.round, len(self.mlog), 2])
-            if self.screen > 1 and self.surrogate is not None:
+            # While flat the GP's UCB is its sd alone: it would keep the children least like
+            # the ledger, odd molecules, and drop the common groups a gate is built from
+            # (biphenyl-CH2-N 3x rarer among the kept, docs/benchmarks.md), so none is screened.
+            if self.screen > 1 and self.surrogate is not None and not flat:
                 # Screened before the vocabulary check: SELFIES-encoding a child costs more
                 # than making it, and only the ``graph`` kept need it.
                 read: dict = {}
@@ -259,7 +263,7 @@ class PolicyProposer:
         over and the ones the GP ranks highest kept."""
         # Its own stream, so runs without edits draw exactly as before.
         erng = np.random.default_rng([self.seed, self.round, len(self.mlog), 4])
-        screened = self.screen > 1 and self.surrogate is not None
+        screened = self.screen > 1 and self.surrogate is not None and not self._flat
         vocab = self.model.vocab
         made = selfies_edits(top, self.edits * (self.screen if screened else 1), erng,
                              alphabet=vocab.tokens[3:], known=self.mlog.index,
