@@ -52,12 +52,13 @@ EDIT_TRIAL = -3     # ... and of a SELFIES token edit
 
 
 def no_signal(scores) -> bool:
-    """Whether the objective has not told molecules apart yet: at least one finite score and
+    """Whether the objective has not told molecules apart yet: at least two finite scores and
     all of them equal, as a gated objective scores 0 until its gate is met. Ranking or
-    learning from such scores would only follow the order they came in."""
+    learning from such scores would only follow the order they came in. (One score says
+    nothing either way; a first batch that decoded to one molecule is no sign of a gate.)"""
     s = np.asarray(scores, dtype=float)
     s = s[np.isfinite(s)]
-    return bool(len(s)) and bool(np.all(s == s[0]))
+    return len(s) >= 2 and bool(np.all(s == s[0]))
 
 
 def generic_framework(smiles: str) -> str:
