@@ -292,8 +292,9 @@ class AdaptConfig:
     # never scored. They bring in groups (a tetrazole, a sulfonamide) that no molecule scored
     # so far has, as f-RAG's fragment vocabulary does, without spending oracle calls; with
     # ``screen`` the GP keeps the children worth scoring. 0: crossovers within the pool only.
-    # 0.25: +0.113 on the 19 PMO tasks without valsartan over seeds 0-2 (+0.433 / -0.028 /
-    # -0.065, paired t 0.71; troglitazone up on every seed), so an option (docs/benchmarks.md).
+    # 0.25: +0.001 on the 19 PMO tasks without valsartan over seeds 0-3 (+0.433 / -0.028 /
+    # -0.065 / -0.337, paired t 0.01; troglitazone up and thiothixene down on every seed), so
+    # it is off (docs/benchmarks.md).
     # ``optimize(donors=...)`` takes the donors from the caller's molecules instead, and sets
     # this to USER_DONOR_SHARE where it is 0.
     donor: float = 0.0
