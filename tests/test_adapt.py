@@ -753,6 +753,27 @@ def test_flat_donors_breed_the_donors_while_every_score_is_equal(tiny_model, tra
     assert (gated.loc[gated["oracle_call"] > 32, "trial"] == -1).sum() > 0
 
 
+def test_the_bundled_donors_are_read_only_when_a_flat_ledger_breeds_them(tiny_model, monkeypatch):
+    """Reading the bundled 4,096 donors takes about a second: a run whose scores differ from
+    the first batch never pays it; a gated one reads them once, when it first breeds them."""
+    import molvae.optimize.adapt
+
+    reads = []
+    donor_set = molvae.optimize.adapt.donor_set
+
+    def counting(seed, n=molvae.optimize.adapt.DONORS):
+        reads.append(seed)
+        return donor_set(seed, 256)
+
+    monkeypatch.setattr(molvae.optimize.adapt, "donor_set", counting)
+    spec = "retrain:policy=4/graph=4/pool=8/radius=8.0/molecules=16/after_plateau=none/flat_donors=true"
+    optimize(tiny_model, "qed", budget=40, batch_size=4, seed=3, adapt=spec, adapt_every=16, progress=False)
+    assert reads == []
+    out = optimize(tiny_model, Gated(10**9), budget=40, batch_size=4, seed=3, adapt=spec, adapt_every=16,
+                   progress=False)
+    assert reads == [3] and sorted(out["oracle_call"]) == list(range(1, 41))
+
+
 def test_read_donors_draws_a_large_library_by_seed_and_keeps_each_molecule_once():
     from molvae.optimize.adapt import read_donors
 

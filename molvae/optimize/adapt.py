@@ -130,6 +130,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -609,12 +610,17 @@ class Adapter:
         self._codes: dict[str, np.ndarray | None] = {}    # posterior means, for the policy's parents
         self._frameworks: dict[str, str] = {}              # generic Murcko frameworks, for niche
         self._surrogate = TanimotoGP(counts=config.gp_counts, descriptors=config.gp_descriptors)  # cached all run
-        if donors is not None:  # the caller's own (read_donors), else the bundled MOSES sample
-            from .mutate import donor_parents
+        # The caller's own (read_donors), else the bundled MOSES sample; read when first bred
+        # from, as most runs never are (no donor share, and scores that differ from the start).
+        if config.donor > 0 or config.flat_donors:
+            if donors is not None:
+                from .mutate import donor_parents
 
-            self._donors = donor_parents(donors) if config.donor > 0 or config.flat_donors else []
+                self._donors: Any = LazyDonors(lambda: donor_parents(donors))
+            else:
+                self._donors = LazyDonors(lambda: donor_set(seed))
         else:
-            self._donors = donor_set(seed) if config.donor > 0 or config.flat_donors else []
+            self._donors = []
         self._progress = TopProgress()
 
     def proposer(self, inner, mlog: MoleculeLog):
@@ -821,6 +827,32 @@ class TopProgress:
                 self._anchor, self._gain = mean, i + 1
         self._seen = max(self._seen, upto)
         return self._gain
+
+
+class LazyDonors(Sequence):
+    """A donor set (:func:`molvae.optimize.mutate.donor_parents`) read on first use: reading
+    the bundled 4,096 takes about a second, which a run that never breeds a donor should not
+    pay. Callers test ``donor > 0`` or a flat ledger before its length, which reads it."""
+
+    def __init__(self, load: Callable[[], list]):
+        self._load: Callable[[], list] | None = load
+        self._items: list = []
+
+    def _read(self) -> list:
+        if self._load is not None:
+            self._items, self._load = self._load(), None
+        return self._items
+
+    @property
+    def read(self) -> bool:
+        """Whether the donors have been read."""
+        return self._load is None
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    def __getitem__(self, i):
+        return self._read()[i]
 
 
 def donor_set(seed: int, n: int = DONORS) -> list:

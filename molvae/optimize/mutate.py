@@ -432,7 +432,7 @@ def offspring(parents: Sequence[str], n: int, rng: np.random.Generator, known: C
             break
         a = pick()
         child = None
-        from_donor = bool(donors) and donor > 0 and rng.random() < donor
+        from_donor = donor > 0 and bool(donors) and rng.random() < donor
         if len(mols) > 1 or from_donor:
             # Drawn only when asked for, so runs without ring crossover make the same children.
             join = ring_crossover if ring > 0 and rng.random() < ring else crossover

@@ -117,7 +117,7 @@ class PolicyProposer:
         self.policy_screen = policy_screen  # policy samples decoded per sample kept (1: all kept)
         self._fit = None              # the current batch's GP, fitted once for both screens
         self._sampled = 0             # policy rows decoded in the current batch
-        self.donors = donors or []    # training molecules for donor crossovers (mutate.donor_parents)
+        self.donors = donors if donors is not None else []  # training molecules for donor crossovers (mutate.donor_parents)
         self.donor = donor            # share of the graph crossovers with a donor as second parent
         self.donor_top = donor_top    # > 0: only the donors the GP's mean ranks highest, this many
         self.edits = edits            # SELFIES token edits of the pool per batch
@@ -183,7 +183,7 @@ class PolicyProposer:
         trials, numbers, z = self.inner.propose(n, stats)
         self._n = len(z)
         t = time.perf_counter()
-        flat = self._flat = self.flat_donors and bool(self.donors) and no_signal(self.mlog.scores)
+        flat = self._flat = self.flat_donors and no_signal(self.mlog.scores) and bool(self.donors)
         top = self._flat_pool() if flat else self._top()
         # While flat the policy would only sample near the first molecules scored: its share
         # of the batch goes to the GA, and the parents are drawn uniformly (ranks mean nothing).
