@@ -235,7 +235,9 @@ class AdaptConfig:
     # crossover fails): 0.5 since graph children began. 0.85: +0.10 on the 19 PMO tasks
     # without valsartan over seeds 0-6 (ahead on five, paired t 1.8), valsartan found on 5
     # seeds of 18 by both but later, level in expectation; with temperature=1.3 as well, -0.04
-    # over seeds 0-2, below either alone (docs/benchmarks.md).
+    # over seeds 0-2, below either alone (docs/benchmarks.md). With the screen (screen=4):
+    # 0.85 with temperature=1.3 lost 0.547 a seed, and 0.25 lost 0.19 / 0.33 on seeds 0-1
+    # (thiothixene -0.16 on both), so 0.5 stays.
     mutation: float = 0.5
     # The share of graph crossovers that cut a ring of each parent at two bonds and join the
     # parts by two bonds (molvae.optimize.mutate.ring_crossover; GB-GA makes half its
