@@ -202,7 +202,8 @@ class AdaptConfig:
     # 11.91 without (+1.6 %); from the start it cut the climb short (docs/benchmarks.md).
     # temperature 1.3: +0.095 on the 19 PMO tasks without valsartan over seeds 0-5 (paired t
     # 1.25; thiothixene up, celecoxib and the hops down), under the rule that would have made
-    # it the default (docs/benchmarks.md).
+    # it the default (docs/benchmarks.md). 24 with a CMA-ES population of 8 (batch_size=8), the
+    # batch's 64 calls kept: -0.063 / -0.376 on the 19 tasks, seeds 0-1 (docs/benchmarks.md).
     policy: int = 16
     pool: int = 64
     temperature: float = 1.0
